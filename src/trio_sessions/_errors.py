@@ -1,0 +1,77 @@
+"""The error classes raised by trio-sessions.
+
+Every error the runtime raises on purpose subclasses `SessionError`, so an
+orchestrator can catch the whole family in one clause.
+"""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+
+class SessionError(Exception):
+    """Base class of every error trio-sessions raises on purpose."""
+
+
+class SessionNotFound(SessionError, LookupError):
+    """No such session, or it belongs to another user (no existence leak)."""
+
+    def __init__(self, session_id: UUID | str) -> None:
+        super().__init__(f"session {session_id} not found")
+        self.session_id = session_id
+
+
+class SessionInactive(SessionError):
+    """The session has ended or expired; it can be read but not changed."""
+
+    def __init__(self, session_id: UUID, end_reason: str | None) -> None:
+        super().__init__(f"session {session_id} is inactive ({end_reason})")
+        self.session_id = session_id
+        self.end_reason = end_reason
+
+
+class VersionConflict(SessionError):
+    """`expected_version` did not match the session's current version."""
+
+    def __init__(self, expected: int, actual: int) -> None:
+        super().__init__(f"expected version {expected}, session is at {actual}")
+        self.expected = expected
+        self.actual = actual
+
+
+class InvalidArgument(SessionError, ValueError):
+    """An argument was rejected before anything was changed.
+
+    Attributes:
+        field: the name of the offending argument or configuration field.
+    """
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+class RuntimeClosed(SessionError):
+    """The runtime is shutting down or has shut down."""
+
+
+class StoreUnavailable(SessionError):
+    """The store could not be reached (a transient condition: retrying may work)."""
+
+
+class Overloaded(SessionError):
+    """The runtime cannot take more work right now."""
+
+
+class WriteRejected(SessionError):
+    """The database refused a change's data for good.
+
+    Raised by `Store.write` when the database refuses the batch's data, and to
+    a `durable=True` caller whose change was refused.
+
+    The write-behind answers by splitting the batch until it has isolated the
+    rows that cause it; those are dropped, logged and counted, the rest are
+    written. Anything else a store raises from `write` (other than
+    `StoreUnavailable`, which is retried) is a bug and stops the runtime.
+    """

@@ -1,0 +1,269 @@
+"""The immutable records the runtime hands out, and validation of input.
+
+Every value a caller passes in goes through one of the `check_*` functions
+here before anything is changed, so a rejected call leaves no trace.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final, Literal, NoReturn
+from uuid import UUID
+
+from ._errors import InvalidArgument
+
+ROLES: Final = frozenset({"user", "assistant", "system", "tool"})
+EVENT_KINDS: Final = frozenset({"created", "updated", "expired", "ended", "deleted"})
+
+MAX_ID_CHARS: Final = 200
+MAX_NAME_CHARS: Final = 100
+MAX_TITLE_CHARS: Final = 500
+MAX_NOTE_CHARS: Final = 10_000
+MAX_METADATA_BYTES: Final = 64 * 1024
+MAX_METADATA_DEPTH: Final = 32
+MAX_TIMEOUT: Final = 366 * 24 * 3600.0
+
+
+class JsonObject(dict[str, Any]):
+    """A read-only JSON object: a `dict` (so `json.dumps` takes it) that refuses changes."""
+
+    __slots__ = ()
+
+    def _readonly(self, *args: object, **kwargs: object) -> NoReturn:
+        raise TypeError("session metadata is read-only; pass new metadata to update()")
+
+    __setitem__ = __delitem__ = __ior__ = _readonly
+    clear = pop = popitem = setdefault = update = _readonly  # type: ignore[assignment]
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        raise TypeError("unhashable type: 'JsonObject'")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (JsonObject, (dict(self),))
+
+
+class JsonArray(list[Any]):
+    """A read-only JSON array: a `list` that refuses changes."""
+
+    __slots__ = ()
+
+    def _readonly(self, *args: object, **kwargs: object) -> NoReturn:
+        raise TypeError("session metadata is read-only; pass new metadata to update()")
+
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _readonly  # type: ignore[assignment]
+    append = extend = insert = pop = remove = clear = sort = reverse = _readonly  # type: ignore[assignment]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (JsonArray, (list(self),))
+
+
+EMPTY_METADATA: Final = JsonObject()
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    """A free-text note attached to a session by `SessionRuntime.add_note`."""
+
+    text: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One message of a conversation; `seq` counts from 1 within its session."""
+
+    seq: int
+    role: str
+    content: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """An immutable snapshot of one session at one `version`.
+
+    Timestamps are timezone-aware UTC datetimes. `timeout` is the sliding
+    expiration in seconds: every activity sets `expires_at` to
+    `last_activity + timeout`.
+    """
+
+    id: UUID
+    user_id: str
+    agent: str
+    chat_id: str | None
+    title: str | None
+    state: str
+    metadata: Mapping[str, Any]
+    notes: tuple[Note, ...]
+    is_active: bool
+    message_count: int
+    created_at: datetime
+    updated_at: datetime
+    last_activity: datetime
+    expires_at: datetime
+    ended_at: datetime | None
+    end_reason: str | None
+    version: int
+    timeout: float
+
+    def __hash__(self) -> int:
+        # The metadata mapping is unhashable; (id, version) identifies a snapshot.
+        return hash((self.id, self.version))
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of `SessionRuntime.list`; pass `next_cursor` as `after` for the next."""
+
+    items: tuple[Session, ...]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEvent:
+    """A change published to subscribers: `kind` is one of `EVENT_KINDS`."""
+
+    kind: Literal["created", "updated", "expired", "ended", "deleted"]
+    session: Session
+
+
+# --------------------------------------------------------------------- checks
+
+
+def _fail(field: str, problem: str) -> NoReturn:
+    raise InvalidArgument(field, problem)
+
+
+def check_text(field: str, value: object, *, max_chars: int) -> str:
+    """A non-empty string PostgreSQL can store: no NUL, valid UTF-8, bounded."""
+    if not isinstance(value, str):
+        _fail(field, f"must be a string, not {type(value).__name__}")
+    if not value or value.isspace():
+        _fail(field, "must not be empty")
+    if len(value) > max_chars:
+        _fail(field, f"must be at most {max_chars} characters, got {len(value)}")
+    _check_storable(field, value)
+    return value
+
+
+def check_optional_text(field: str, value: object, *, max_chars: int) -> str | None:
+    return None if value is None else check_text(field, value, max_chars=max_chars)
+
+
+def _check_storable(field: str, value: str) -> None:
+    if "\x00" in value:
+        _fail(field, "must not contain the NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        _fail(field, "must be valid Unicode (it contains a lone surrogate)")
+
+
+def check_session_id(value: object, field: str = "session_id") -> UUID:
+    if isinstance(value, UUID):
+        return value
+    if isinstance(value, str):
+        try:
+            return UUID(value)
+        except ValueError:
+            pass
+    _fail(field, f"must be a UUID, got {value!r:.80}")
+
+
+def check_role(value: object) -> str:
+    if not isinstance(value, str) or value not in ROLES:
+        _fail("role", f"must be one of {sorted(ROLES)}, got {value!r:.80}")
+    return value
+
+
+def check_content(value: object, *, max_bytes: int) -> str:
+    if not isinstance(value, str):
+        _fail("content", f"must be a string, not {type(value).__name__}")
+    if not value:
+        _fail("content", "must not be empty")
+    _check_storable("content", value)
+    size = len(value.encode("utf-8"))
+    if size > max_bytes:
+        _fail("content", f"must be at most {max_bytes} bytes of UTF-8, got {size}")
+    return value
+
+
+def check_int(field: str, value: object, *, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        _fail(field, f"must be an integer, not {type(value).__name__}")
+    if not low <= value <= high:
+        _fail(field, f"must be between {low} and {high}, got {value}")
+    return value
+
+
+def check_optional_int(field: str, value: object, *, low: int, high: int) -> int | None:
+    return None if value is None else check_int(field, value, low=low, high=high)
+
+
+def check_seconds(field: str, value: object, *, high: float = math.inf, zero_ok: bool = False) -> float:
+    """A duration in seconds: a finite real number, positive (or zero when allowed)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        _fail(field, f"must be a number of seconds, not {type(value).__name__}")
+    seconds = float(value)
+    if not math.isfinite(seconds):
+        _fail(field, f"must be finite, got {value}")
+    if seconds < 0 or (seconds == 0 and not zero_ok):
+        _fail(field, f"must be {'at least 0' if zero_ok else 'greater than 0'}, got {value}")
+    if seconds > high:
+        _fail(field, f"must be at most {high} seconds, got {value}")
+    return seconds
+
+
+def check_bool(field: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        _fail(field, f"must be True or False, not {value!r:.40}")
+    return value
+
+
+def check_metadata(value: object, field: str = "metadata") -> JsonObject:
+    """Plain JSON: string keys, finite numbers, no NUL; returned deep-frozen."""
+    if value is None:
+        return EMPTY_METADATA
+    if not isinstance(value, Mapping):
+        _fail(field, f"must be a mapping, not {type(value).__name__}")
+    frozen = _freeze(value, field, depth=0)
+    assert isinstance(frozen, JsonObject)
+    size = _json_size(frozen)
+    if size > MAX_METADATA_BYTES:
+        _fail(field, f"must encode to at most {MAX_METADATA_BYTES} bytes of JSON, got {size}")
+    return frozen
+
+
+def _freeze(value: object, path: str, depth: int) -> Any:
+    if depth > MAX_METADATA_DEPTH:
+        _fail(path, f"nests deeper than {MAX_METADATA_DEPTH} levels")
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            _fail(path, f"must be a finite number, got {value}")
+        return float(value)
+    if isinstance(value, str):
+        _check_storable(path, value)
+        return str(value)
+    if isinstance(value, Mapping):
+        items = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                _fail(path, f"keys must be strings, got {key!r:.40}")
+            _check_storable(f"{path} key", key)
+            items[str(key)] = _freeze(item, f"{path}[{key!r:.40}]", depth + 1)
+        return JsonObject(items)
+    if isinstance(value, (list, tuple)):
+        return JsonArray(_freeze(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value))
+    _fail(path, f"must be plain JSON (null, bool, number, string, list, object), not {type(value).__name__}")
+
+
+def _json_size(value: JsonObject) -> int:
+    return len(json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8"))

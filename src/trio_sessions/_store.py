@@ -1,0 +1,172 @@
+"""The `Store` protocol and `MemoryStore`, the in-memory backend.
+
+A store is the system of record. The runtime talks to it only from the
+write-behind flusher (`write`) and when it activates a session (`load`),
+lists sessions (`list`) or starts (`live_deadlines`).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+from uuid import UUID
+
+import trio
+
+from ._model import Message, Session
+
+
+@dataclass(frozen=True, slots=True)
+class WriteBatch:
+    """What one flush writes, in one transaction.
+
+    `sessions` are upserted only where their version is newer than the stored
+    row; `messages` are appended, ignoring a `(session_id, seq)` already
+    stored; `deletes` remove a session's row and all its messages. A session
+    id appears at most once in `sessions` and never in both `sessions` and
+    `deletes`.
+    """
+
+    sessions: tuple[Session, ...]
+    messages: tuple[tuple[UUID, Message], ...]
+    deletes: tuple[UUID, ...]
+
+    def split(self) -> tuple[WriteBatch, WriteBatch]:
+        """Two halves by session id (messages follow their session), to isolate a bad row."""
+        ids = [s.id for s in self.sessions] + list(self.deletes)
+        first = set(ids[: len(ids) // 2])
+        halves = []
+        for keep in (lambda i: i in first, lambda i: i not in first):
+            halves.append(WriteBatch(
+                tuple(s for s in self.sessions if keep(s.id)),
+                tuple(m for m in self.messages if keep(m[0])),
+                tuple(d for d in self.deletes if keep(d)),
+            ))
+        return halves[0], halves[1]
+
+    def __len__(self) -> int:
+        return len(self.sessions) + len(self.messages) + len(self.deletes)
+
+
+@dataclass(frozen=True, slots=True)
+class ListQuery:
+    """A page request: newest first by `(created_at, id)`, after the keyset `after`."""
+
+    user_id: str | None
+    agent: str | None
+    chat_id: str | None
+    active: bool | None
+    limit: int
+    after: tuple[datetime, UUID] | None
+
+
+@runtime_checkable
+class Store(Protocol):
+    """What the runtime needs of a backend. `MemoryStore` and `PostgresStore` implement it.
+
+    Errors: a call that fails for a reason that may pass (connection lost, server
+    shutting down) raises `StoreUnavailable`. `write` raises `WriteRejected` when
+    the database refuses the data itself for good.
+    """
+
+    def connect(self) -> AbstractAsyncContextManager[None]:
+        """Hold the store's connections open for the runtime's lifetime."""
+        ...
+
+    async def load(self, session_id: UUID, *, messages: int) -> tuple[Session, tuple[Message, ...]] | None:
+        """The stored session and its newest `messages` messages, oldest first."""
+        ...
+
+    async def load_messages(self, session_id: UUID, *, limit: int, up_to_seq: int) -> tuple[Message, ...]:
+        """The newest `limit` messages with `seq <= up_to_seq`, oldest first."""
+        ...
+
+    async def live_deadlines(self) -> list[tuple[UUID, datetime]]:
+        """`(id, expires_at)` of every active session."""
+        ...
+
+    async def write(self, batch: WriteBatch) -> None:
+        """Apply one batch atomically (see `WriteBatch`)."""
+        ...
+
+    async def list(self, query: ListQuery) -> list[Session]:
+        """Up to `query.limit` sessions matching the filters, newest first."""
+        ...
+
+    async def health_check(self) -> None:
+        """Return when the store answers; raise `StoreUnavailable` otherwise."""
+        ...
+
+
+class MemoryStore:
+    """A complete store in memory, for embedding and for fast tests.
+
+    It keeps its data across runtimes: open a second runtime on the same
+    `MemoryStore` to see what the first one wrote. Each call is a Trio
+    checkpoint, like a real backend's.
+    """
+
+    def __init__(self) -> None:
+        self._sessions: dict[UUID, Session] = {}
+        self._messages: dict[UUID, list[Message]] = {}
+
+    @asynccontextmanager
+    async def connect(self) -> AsyncIterator[None]:
+        await trio.lowlevel.checkpoint()
+        yield
+
+    async def load(self, session_id: UUID, *, messages: int) -> tuple[Session, tuple[Message, ...]] | None:
+        await trio.lowlevel.checkpoint()
+        session = self._sessions.get(session_id)
+        if session is None:
+            return None
+        stored = self._messages.get(session_id, [])
+        return session, tuple(stored[-messages:]) if messages else ()
+
+    async def load_messages(self, session_id: UUID, *, limit: int, up_to_seq: int) -> tuple[Message, ...]:
+        await trio.lowlevel.checkpoint()
+        stored = self._messages.get(session_id, [])
+        end = bisect.bisect_right(stored, up_to_seq, key=lambda m: m.seq)
+        return tuple(stored[max(0, end - limit):end])
+
+    async def live_deadlines(self) -> list[tuple[UUID, datetime]]:
+        await trio.lowlevel.checkpoint()
+        return [(s.id, s.expires_at) for s in self._sessions.values() if s.is_active]
+
+    async def write(self, batch: WriteBatch) -> None:
+        await trio.lowlevel.checkpoint()
+        for session in batch.sessions:
+            stored = self._sessions.get(session.id)
+            if stored is None or stored.version < session.version:
+                self._sessions[session.id] = session
+        for session_id, message in batch.messages:
+            stored_messages = self._messages.setdefault(session_id, [])
+            if not stored_messages or stored_messages[-1].seq < message.seq:
+                stored_messages.append(message)
+            else:  # a retried append: keep the first copy, keep seq order
+                index = bisect.bisect_left(stored_messages, message.seq, key=lambda m: m.seq)
+                if index == len(stored_messages) or stored_messages[index].seq != message.seq:
+                    stored_messages.insert(index, message)
+        for session_id in batch.deletes:
+            self._sessions.pop(session_id, None)
+            self._messages.pop(session_id, None)
+
+    async def list(self, query: ListQuery) -> list[Session]:
+        await trio.lowlevel.checkpoint()
+        matches = [
+            s for s in self._sessions.values()
+            if (query.user_id is None or s.user_id == query.user_id)
+            and (query.agent is None or s.agent == query.agent)
+            and (query.chat_id is None or s.chat_id == query.chat_id)
+            and (query.active is None or s.is_active == query.active)
+            and (query.after is None or (s.created_at, s.id) < query.after)
+        ]
+        matches.sort(key=lambda s: (s.created_at, s.id), reverse=True)
+        return matches[: query.limit]
+
+    async def health_check(self) -> None:
+        await trio.lowlevel.checkpoint()
