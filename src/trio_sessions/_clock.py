@@ -1,0 +1,43 @@
+"""Time: Trio's clock for everything that waits, with a wall-clock anchor.
+
+Deadlines are Trio times (floats), so under `trio.testing.MockClock` the
+whole runtime runs on virtual time. Persisted timestamps are UTC datetimes:
+Trio time plus an offset taken once per `trio.run`, so that every runtime in
+one run, including one restarted on the same store, maps virtual time onto
+the calendar the same way.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+import trio
+
+# Per-run, not global: a RunVar lives and dies with its trio.run.
+_WALL_OFFSET: trio.lowlevel.RunVar[float] = trio.lowlevel.RunVar("trio_sessions.wall_offset")
+
+
+class Clock:
+    """Converts between Trio time and UTC datetimes."""
+
+    __slots__ = ("_offset",)
+
+    def __init__(self) -> None:
+        try:
+            self._offset = _WALL_OFFSET.get()
+        except LookupError:
+            self._offset = time.time() - trio.current_time()
+            _WALL_OFFSET.set(self._offset)
+
+    def now(self) -> float:
+        """The current Trio time."""
+        return trio.current_time()
+
+    def to_wall(self, trio_time: float) -> datetime:
+        """The UTC datetime of a Trio time."""
+        return datetime.fromtimestamp(trio_time + self._offset, UTC)
+
+    def to_trio(self, wall: datetime) -> float:
+        """The Trio time of a UTC datetime."""
+        return wall.timestamp() - self._offset

@@ -1,0 +1,223 @@
+"""DeadlineQueue, and expiry in a runtime on virtual time (MemoryStore, MockClock)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import pytest
+import trio
+import trio.testing
+
+from trio_sessions import MemoryStore, RuntimeConfig, SessionInactive, open_runtime
+from trio_sessions._expiry import DeadlineQueue
+
+MINUTE = 60.0
+
+
+def ids(n: int) -> list[uuid.UUID]:
+    return [uuid.uuid4() for _ in range(n)]
+
+
+# ------------------------------------------------------------- DeadlineQueue
+
+
+def test_pop_due_returns_due_sessions_in_deadline_order() -> None:
+    queue = DeadlineQueue()
+    a, b, c = ids(3)
+    queue.push(a, 30.0)
+    queue.push(b, 10.0)
+    queue.push(c, 20.0)
+    assert queue.earliest() == 10.0
+    assert queue.pop_due(19.0) == [b]
+    assert queue.pop_due(30.0) == [c, a]
+    assert len(queue) == 0 and queue.earliest() is None
+
+
+def test_ties_keep_insertion_order() -> None:
+    queue = DeadlineQueue()
+    sessions = ids(50)
+    for session_id in sessions:
+        queue.push(session_id, 5.0)
+    assert queue.pop_due(5.0) == sessions
+
+
+def test_touch_later_is_lazy_and_rekeys_once_when_popped() -> None:
+    queue = DeadlineQueue()
+    a, b = ids(2)
+    queue.push(a, 10.0)
+    queue.push(b, 15.0)
+    for later in (11.0, 12.0, 40.0):
+        queue.touch(a, later)
+    assert queue.earliest() == 10.0  # not re-keyed yet
+    assert queue.deadline(a) == 40.0
+    assert queue.pop_due(20.0) == [b]
+    assert queue.earliest() == 40.0  # re-keyed once, at its newest deadline
+    assert queue.pop_due(39.9) == []
+    assert queue.pop_due(40.0) == [a]
+
+
+def test_touch_earlier_rekeys_at_once() -> None:
+    queue = DeadlineQueue()
+    a = uuid.uuid4()
+    queue.push(a, 50.0)
+    queue.touch(a, 5.0)
+    assert queue.earliest() == 5.0
+    assert queue.pop_due(5.0) == [a]
+
+
+def test_discard_and_extend() -> None:
+    queue = DeadlineQueue()
+    a, b, c = ids(3)
+    queue.extend([(a, 3.0), (b, 1.0), (c, 2.0)])
+    queue.discard(b)
+    queue.discard(uuid.uuid4())  # unknown ids are ignored
+    assert b not in queue and a in queue
+    queue.extend([(a, 0.5)])  # a known id moves
+    assert queue.pop_due(10.0) == [a, c]
+
+
+async def test_wait_due_wakes_early_for_an_earlier_deadline(autojump_clock: trio.testing.MockClock) -> None:
+    queue = DeadlineQueue()
+    a, b = ids(2)
+    queue.push(a, trio.current_time() + 100.0)
+    woke: list[tuple[float, list[uuid.UUID]]] = []
+
+    async def waiter() -> None:
+        due = await queue.wait_due()
+        woke.append((trio.current_time(), due))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(waiter)
+        await trio.testing.wait_all_tasks_blocked()
+        start = trio.current_time()
+        queue.push(b, start + 7.0)
+    assert woke == [(start + 7.0, [b])]
+
+
+# ------------------------------------------------------ expiry in a runtime
+
+
+def config(**changes: object) -> RuntimeConfig:
+    return RuntimeConfig(session_timeout=MINUTE, flush_interval=1.0, **changes)  # type: ignore[arg-type]
+
+
+async def test_session_expires_exactly_at_its_deadline(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_runtime(config(), store=MemoryStore()) as rt:
+        async with rt.subscribe() as events:
+            start = trio.current_time()
+            session = await rt.create("u1", "geral")
+            assert (await events.receive()).kind == "created"
+            event = await events.receive()
+            assert event.kind == "expired"
+            assert trio.current_time() == start + MINUTE
+            assert event.session.id == session.id
+            assert event.session.is_active is False
+            assert event.session.end_reason == "expired"
+            assert event.session.ended_at == session.expires_at
+            assert event.session.version == session.version + 1
+        assert rt.metrics().live_sessions == 0
+
+
+async def test_activity_slides_the_deadline(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_runtime(config(), store=MemoryStore()) as rt:
+        start = trio.current_time()
+        session = await rt.create("u1", "max")
+        await trio.sleep(40.0)
+        touched = await rt.update_last_activity(session.id)
+        assert touched.expires_at == touched.last_activity + timedelta(seconds=MINUTE)
+        await trio.sleep(30.0)  # t=70: past the first deadline, before the second
+        assert (await rt.get(session.id)).is_active
+        await trio.sleep(25.0)
+        await rt.append_message(session.id, "user", "still here")  # t=95: moves to 155
+        async with rt.subscribe() as events:
+            event = await events.receive()
+        assert event.kind == "expired"
+        assert trio.current_time() == start + 95.0 + MINUTE
+
+
+async def test_non_activity_changes_do_not_slide(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_runtime(config(), store=MemoryStore()) as rt:
+        start = trio.current_time()
+        session = await rt.create("u1", "max")
+        await trio.sleep(30.0)
+        await rt.update(session.id, title="renamed")
+        await rt.add_note(session.id, "a note")
+        async with rt.subscribe() as events:
+            event = await events.receive()
+        assert (event.kind, trio.current_time()) == ("expired", start + MINUTE)
+
+
+async def test_expired_session_is_never_revived(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_runtime(config(), store=MemoryStore()) as rt:
+        session = await rt.create("u1", "max", timeout=5.0)
+        await trio.sleep(5.0)
+        with pytest.raises(SessionInactive):
+            await rt.update_last_activity(session.id)
+        with pytest.raises(SessionInactive):
+            await rt.append_message(session.id, "user", "hello?")
+        expired = await rt.get(session.id)
+        assert (expired.is_active, expired.end_reason) == (False, "expired")
+        assert await rt.end(session.id) == expired  # ending an inactive session changes nothing
+        assert len(await rt.context(session.id)) == 0
+
+
+async def test_overdue_call_expires_before_the_expiry_task_runs(autojump_clock: trio.testing.MockClock) -> None:
+    # Even if the expiry task has not run yet, a session is never used past its deadline.
+    async with open_runtime(config(), store=MemoryStore()) as rt:
+        session = await rt.create("u1", "max", timeout=5.0)
+        rt._background.cancel()  # no expiry task from here on
+        await trio.sleep(5.0)
+        with pytest.raises(SessionInactive):
+            await rt.update_last_activity(session.id)
+        assert (await rt.get(session.id)).end_reason == "expired"
+
+
+async def test_cleanup_old_sessions_counts_what_it_expired(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_runtime(config(max_resident=3), store=MemoryStore()) as rt:
+        rt._background.cancel()  # cleanup alone decides
+        due = [await rt.create(f"u{i}", "geral", timeout=10.0) for i in range(6)]
+        for session in due[:2]:
+            await rt.update_last_activity(session.id)  # resident ones too
+        fresh = await rt.create("u9", "geral", timeout=100.0)
+        await trio.sleep(10.0)
+        assert await rt.cleanup_old_sessions() == 6
+        assert await rt.cleanup_old_sessions() == 0
+        for session in due:
+            assert (await rt.get(session.id)).end_reason == "expired"
+        assert (await rt.get(fresh.id)).is_active
+        assert rt.metrics().live_sessions == 1
+
+
+async def test_restart_expires_what_fell_due_while_nothing_ran(autojump_clock: trio.testing.MockClock) -> None:
+    store = MemoryStore()
+    async with open_runtime(config(), store=store) as rt:
+        short = await rt.create("u1", "geral", timeout=10.0)
+        long = await rt.create("u2", "geral", timeout=1000.0)
+    await trio.sleep(20.0)  # no runtime: nothing expires
+    assert (await store.load(short.id, messages=0))[0].is_active  # type: ignore[index]
+    async with open_runtime(config(), store=store) as rt:
+        async with rt.subscribe() as events:
+            event = await events.receive()
+        assert (event.kind, event.session.id) == ("expired", short.id)
+        assert event.session.ended_at == short.expires_at
+        assert (await rt.get(long.id)).is_active
+        start = trio.current_time()
+        async with rt.subscribe() as events:
+            event = await events.receive()
+        assert (event.kind, event.session.id) == ("expired", long.id)
+        # The deadline survives the restart (to the microsecond of the stored timestamp).
+        assert trio.current_time() - start == pytest.approx(1000.0 - 20.0, abs=1e-5)
+
+
+async def test_expiry_of_a_passivated_session(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_runtime(config(passivate_after=5.0), store=MemoryStore()) as rt:
+        session = await rt.create("u1", "geral")
+        await rt.update_last_activity(session.id)
+        await trio.sleep(30.0)
+        assert rt.metrics().resident == 0  # idle: passivated after 5 s
+        await trio.sleep(40.0)
+        expired = await rt.get(session.id)
+        assert expired.end_reason == "expired"
+        assert expired.ended_at == expired.expires_at
+        assert rt.metrics().passivations >= 1
