@@ -1,0 +1,432 @@
+"""`SessionActor`: the one task that owns a resident session, and its commands.
+
+Every public call on a session becomes one of the small frozen commands
+below, sent to the actor's bounded mailbox with a `Reply`. The actor applies
+one command at a time, in arrival order, synchronously (no checkpoint between
+reading and writing its state), records the change with the write-behind and
+answers with the new immutable `Session` snapshot. A caller cancelled before
+its command is applied abandons it, and the actor skips it: a command is
+applied whole or not at all.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from uuid import UUID
+
+import trio
+
+from ._errors import SessionError, SessionInactive, SessionNotFound, StoreUnavailable, VersionConflict
+from ._model import Message, Note, Session
+
+if TYPE_CHECKING:
+    from ._clock import Clock
+    from ._config import RuntimeConfig
+    from ._expiry import DeadlineQueue
+    from ._metrics import Counters
+    from ._store import Store
+    from ._writebehind import DurableWaiter, WriteBehind
+
+T = TypeVar("T")
+
+#: A deadline read back from a stored timestamp (microseconds) may be this much later
+#: than the Trio time it was made from; the expiry check allows for it.
+TIMESTAMP_RESOLUTION = 1e-6
+
+
+# ------------------------------------------------------------------- commands
+
+
+@dataclass(frozen=True, slots=True)
+class Touch:
+    """Sent by `update_last_activity`."""
+
+    durable: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """Sent by `update`: `changes` holds only the fields the caller passed."""
+
+    expected_version: int | None
+    changes: dict[str, Any]
+    durable: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AppendMessage:
+    """Sent by `append_message`."""
+
+    role: str
+    content: str
+    durable: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AddNote:
+    """Sent by `add_note`."""
+
+    text: str
+    durable: bool
+
+
+@dataclass(frozen=True, slots=True)
+class End:
+    """Sent by `end`: a soft delete with a reason."""
+
+    reason: str
+    durable: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    """Sent by `delete`: a hard delete, always waited for until committed."""
+
+    durable: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Expire:
+    """Sent by the expiry task and `cleanup_old_sessions` when a deadline is due."""
+
+    durable: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Read:
+    """Sent by `get` when the session is not resident (or may be overdue)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """Sent by `context`."""
+
+    limit: int
+
+
+Command = Touch | Update | AppendMessage | AddNote | End | Delete | Expire | Read | Context
+MUTATING: frozenset[type] = frozenset({Touch, Update, AppendMessage, AddNote, End, Delete, Expire})
+
+
+# ---------------------------------------------------------------------- reply
+
+
+class Reply:
+    """One command's answer, handed from the actor to the waiting caller.
+
+    The caller parks its own task (`wait_task_rescheduled`), which is the
+    cheapest hand-off Trio has; if it is cancelled before the answer comes, the
+    abort marks the command abandoned so the actor skips it.
+    """
+
+    __slots__ = ("value", "error", "done", "abandoned", "waiter", "_task")
+
+    def __init__(self) -> None:
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.done = False
+        self.abandoned = False
+        self.waiter: DurableWaiter | None = None
+        self._task: trio.lowlevel.Task | None = None
+
+    def settle(self, value: Any, error: BaseException | None = None) -> None:
+        self.value = value
+        self.error = error
+        self.done = True
+        task = self._task
+        if task is not None:
+            self._task = None
+            trio.lowlevel.reschedule(task)
+
+    async def wait(self) -> Any:
+        """The value, or raise the error. Cancelled before the answer: abandons the command."""
+        if self.done:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        else:
+            self._task = trio.lowlevel.current_task()
+
+            def abort(_: object) -> trio.lowlevel.Abort:
+                self._task = None
+                self.abandoned = True
+                return trio.lowlevel.Abort.SUCCEEDED
+
+            await trio.lowlevel.wait_task_rescheduled(abort)
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+class _NoReply(Reply):
+    """For fire-and-forget commands (the expiry task's): nobody waits."""
+
+    __slots__ = ()
+
+    def settle(self, value: Any, error: BaseException | None = None) -> None:
+        pass
+
+
+NO_REPLY: Reply = _NoReply()
+
+
+# ----------------------------------------------------------------- the actor
+
+
+class Supervisor(Protocol):
+    """What an actor needs from the runtime that supervises it."""
+
+    clock: Clock
+    config: RuntimeConfig
+    counters: Counters
+    deadlines: DeadlineQueue
+    writebehind: WriteBehind
+    store: Store
+
+    def publish(self, kind: str, session: Session) -> None: ...
+    def retire(self, actor: SessionActor) -> None: ...
+    def actor_stopped(self, actor: SessionActor) -> None: ...
+    async def read_store(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T: ...
+
+
+class SessionActor:
+    """The task that owns one resident session. Only the runtime creates these."""
+
+    __slots__ = ("id", "send", "session", "deadline", "messages", "last_used", "stopped",
+                 "_receive", "_sup", "_predecessor", "_deleted")
+
+    def __init__(self, session_id: UUID, supervisor: Supervisor,
+                 predecessor: SessionActor | None, now: float) -> None:
+        self.id = session_id
+        self.send, self._receive = trio.open_memory_channel[tuple[Command, Reply]](
+            supervisor.config.mailbox_size)
+        #: The newest snapshot; None until loaded. Published for reads that need not queue.
+        self.session: Session | None = None
+        #: Trio time at which the session expires (inf once inactive).
+        self.deadline = math.inf
+        self.messages: deque[Message] = deque(maxlen=supervisor.config.max_messages)
+        self.last_used = now
+        #: Set when the actor has been told to stop; fires when its task has exited.
+        self.stopped: trio.Event | None = None
+        self._sup = supervisor
+        self._predecessor = predecessor
+        self._deleted = False
+
+    async def run(self) -> None:
+        """Load the session, then serve the mailbox until the runtime closes it."""
+        try:
+            try:
+                await self._load()
+            except SessionError as exc:
+                await self._refuse_all(exc)
+                return
+            await self._serve()
+        finally:
+            self._sup.actor_stopped(self)
+
+    async def _serve(self) -> None:
+        writebehind = self._sup.writebehind
+        async for command, reply in self._receive:
+            if reply.abandoned:
+                continue
+            kind = type(command)
+            if kind in MUTATING and not writebehind.has_room():
+                await writebehind.wait_for_room()
+                if reply.abandoned:
+                    continue
+            if self._deleted:
+                reply.settle(None, SessionNotFound(self.id))
+                continue
+            try:
+                value = _HANDLERS[kind](self, command)
+            except SessionError as exc:
+                reply.settle(None, exc)
+                continue
+            if getattr(command, "durable", False):
+                reply.waiter = writebehind.durable_waiter(self.id)
+            reply.settle(value)
+
+    async def _refuse_all(self, exc: SessionError) -> None:
+        self._sup.retire(self)
+        async for _, reply in self._receive:
+            fresh = SessionNotFound(self.id) if isinstance(exc, SessionNotFound) else StoreUnavailable(str(exc))
+            reply.settle(None, fresh)
+
+    async def _load(self) -> None:
+        """State comes from the write-behind buffer first, then from the store."""
+        if self._predecessor is not None:
+            assert self._predecessor.stopped is not None
+            await self._predecessor.stopped.wait()
+            self._predecessor = None
+        sup = self._sup
+        max_messages = sup.config.max_messages
+        row, deleted, buffered = sup.writebehind.lookup(self.id)
+        if deleted:
+            raise SessionNotFound(self.id)
+        if row is None:
+            loaded = await sup.read_store(sup.store.load, self.id, messages=max_messages)
+            if loaded is None:
+                raise SessionNotFound(self.id)
+            row, messages = loaded
+            self.messages.extend(messages)
+        else:
+            need = min(max_messages, row.message_count)
+            if len(buffered) < need:
+                up_to_seq = buffered[0].seq - 1 if buffered else row.message_count
+                older = await sup.read_store(sup.store.load_messages, self.id,
+                                             limit=need - len(buffered), up_to_seq=up_to_seq)
+                self.messages.extend(older)
+            self.messages.extend(buffered)
+        self.session = row
+        if row.is_active:
+            deadline = sup.deadlines.deadline(self.id)
+            if deadline is None:
+                deadline = sup.clock.to_trio(row.expires_at)
+                sup.deadlines.push(self.id, deadline)
+            self.deadline = deadline
+
+    # ------------------------------------------------------------ handlers
+
+    def _commit(self, new: Session, kind: str, message: Message | None = None) -> Session:
+        self.session = new
+        self._sup.writebehind.record(new, message)
+        self._sup.publish(kind, new)
+        return new
+
+    def _live(self, now: float) -> Session:
+        """The session, which must be active; an overdue one expires here first."""
+        session = self.session
+        assert session is not None
+        if session.is_active and self.deadline <= now:
+            session = self._expire()
+        if not session.is_active:
+            raise SessionInactive(session.id, session.end_reason)
+        return session
+
+    def _activity(self, session: Session, now: float, message: Message | None = None,
+                  **changes: Any) -> Session:
+        """Sliding expiration: activity moves `expires_at` to `last_activity + timeout`."""
+        clock = self._sup.clock
+        wall = clock.to_wall(now)
+        deadline = now + session.timeout
+        new = replace(session, last_activity=wall, expires_at=clock.to_wall(deadline),
+                      updated_at=wall, version=session.version + 1, **changes)
+        self.deadline = deadline
+        self._sup.deadlines.touch(self.id, deadline)
+        return self._commit(new, "updated", message)
+
+    def _touch(self, command: Touch) -> Session:
+        now = self._sup.clock.now()
+        return self._activity(self._live(now), now)
+
+    def _update(self, command: Update) -> Session:
+        clock = self._sup.clock
+        now = clock.now()
+        session = self._live(now)
+        expected = command.expected_version
+        if expected is not None and expected != session.version:
+            raise VersionConflict(expected, session.version)
+        if not command.changes:
+            return session
+        new = replace(session, updated_at=clock.to_wall(now), version=session.version + 1,
+                      **command.changes)
+        return self._commit(new, "updated")
+
+    def _append_message(self, command: AppendMessage) -> Session:
+        clock = self._sup.clock
+        now = clock.now()
+        session = self._live(now)
+        seq = session.message_count + 1
+        message = Message(seq, command.role, command.content, clock.to_wall(now))
+        self.messages.append(message)
+        return self._activity(session, now, message, message_count=seq)
+
+    def _add_note(self, command: AddNote) -> Session:
+        clock = self._sup.clock
+        now = clock.now()
+        session = self._live(now)
+        wall = clock.to_wall(now)
+        new = replace(session, notes=(*session.notes, Note(command.text, wall)), updated_at=wall,
+                      version=session.version + 1)
+        return self._commit(new, "updated")
+
+    def _end(self, command: End) -> Session:
+        clock = self._sup.clock
+        now = clock.now()
+        session = self.session
+        assert session is not None
+        if session.is_active and self.deadline <= now:
+            return self._expire()
+        if not session.is_active:
+            return session
+        wall = clock.to_wall(now)
+        new = replace(session, is_active=False, ended_at=wall, end_reason=command.reason,
+                      updated_at=wall, version=session.version + 1)
+        self.deadline = math.inf
+        self._sup.deadlines.discard(self.id)
+        return self._commit(new, "ended")
+
+    def _delete(self, command: Delete) -> None:
+        session = self.session
+        assert session is not None
+        sup = self._sup
+        sup.writebehind.record_delete(self.id)
+        sup.deadlines.discard(self.id)
+        self.deadline = math.inf
+        self._deleted = True
+        sup.publish("deleted", session)
+        sup.retire(self)
+
+    def _expire_due(self, command: Expire) -> bool:
+        """True when this command expired the session."""
+        session = self.session
+        assert session is not None
+        if not session.is_active:
+            return False
+        if self.deadline > self._sup.clock.now() + TIMESTAMP_RESOLUTION:
+            # Touched after the expiry task popped it: make sure it is queued again.
+            self._sup.deadlines.touch(self.id, self.deadline)
+            return False
+        self._expire()
+        return True
+
+    def _expire(self) -> Session:
+        """Soft delete at the deadline itself, however late the expiry task runs."""
+        session = self.session
+        assert session is not None
+        at = session.expires_at
+        new = replace(session, is_active=False, ended_at=at, end_reason="expired", updated_at=at,
+                      version=session.version + 1)
+        self.deadline = math.inf
+        sup = self._sup
+        sup.deadlines.discard(self.id)
+        sup.counters.expired += 1
+        self._commit(new, "expired")
+        sup.retire(self)
+        return new
+
+    def _read(self, command: Read) -> Session:
+        session = self.session
+        assert session is not None
+        if session.is_active and self.deadline <= self._sup.clock.now():
+            return self._expire()
+        return session
+
+    def _context(self, command: Context) -> tuple[Message, ...]:
+        messages = tuple(self.messages)
+        return messages[-command.limit:]
+
+
+_HANDLERS: dict[type, Callable[[SessionActor, Any], Any]] = {
+    Touch: SessionActor._touch,
+    Update: SessionActor._update,
+    AppendMessage: SessionActor._append_message,
+    AddNote: SessionActor._add_note,
+    End: SessionActor._end,
+    Delete: SessionActor._delete,
+    Expire: SessionActor._expire_due,
+    Read: SessionActor._read,
+    Context: SessionActor._context,
+}

@@ -1,0 +1,279 @@
+"""`WriteBehind`: the coalescing buffer between actors and the store.
+
+Actors record each change synchronously (`record`, `record_delete`); the
+flusher task writes the buffer to the store in batches. Per session the
+buffer keeps only the newest row, and every message appended since the last
+flush, in order. A batch takes the sessions that have been dirty longest, at
+most `flush_batch` of them, and is written in one transaction; it is flushed
+when it is full, when `flush_interval` has passed since its oldest change, or
+when somebody waits for durability.
+
+Every change gets a ticket (a counter). An entry carries the ticket of its
+first change since the previous flush, and entries sit in the buffer in ticket
+order, so "everything up to ticket T is settled" is simply "the oldest entry
+still buffered or in flight has a ticket above T". That is what `flush` waits for.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+from itertools import islice
+from uuid import UUID
+
+import trio
+from loguru import logger
+
+from ._config import RuntimeConfig
+from ._errors import StoreUnavailable, WriteRejected
+from ._metrics import Counters
+from ._model import Message, Session
+from ._store import Store, WriteBatch
+
+
+class DurableWaiter:
+    """Lets one caller wait until its change is committed (or refused)."""
+
+    __slots__ = ("_done", "_error")
+
+    def __init__(self) -> None:
+        self._done = trio.Event()
+        self._error: BaseException | None = None
+
+    def settle(self, error: BaseException | None) -> None:
+        self._error = error
+        self._done.set()
+
+    async def wait(self) -> None:
+        """Return once committed; raise `WriteRejected` if the database refused the change."""
+        await self._done.wait()
+        if self._error is not None:
+            raise WriteRejected(str(self._error)) from self._error
+
+
+class _Entry:
+    """One session's buffered changes: its newest row, or a deletion, and new messages."""
+
+    __slots__ = ("session_id", "row", "messages", "deleted", "ticket", "since", "waiters")
+
+    def __init__(self, session_id: UUID, ticket: int, since: float) -> None:
+        self.session_id = session_id
+        self.row: Session | None = None
+        self.messages: list[Message] = []
+        self.deleted = False
+        self.ticket = ticket
+        self.since = since
+        self.waiters: list[DurableWaiter] = []
+
+    def size(self) -> int:
+        return 1 + len(self.messages)
+
+
+class WriteBehind:
+    """The buffer and its flusher. Only the runtime's own tasks call it."""
+
+    def __init__(self, store: Store, config: RuntimeConfig, counters: Counters,
+                 rng: random.Random) -> None:
+        self._store = store
+        self._config = config
+        self._counters = counters
+        self._rng = rng
+        self._pending: dict[UUID, _Entry] = {}
+        self._inflight: dict[UUID, _Entry] = {}
+        self._size = 0  # buffered writes, pending and in flight: rows, deletes and messages
+        self._ticket = 0
+        self._alert_size = max(1, int(config.max_pending * config.alert_pending_fraction))
+        self._alerted = False
+        self._dirty = trio.Event()  # set when the buffer becomes non-empty
+        self._urgent = trio.Event()  # set when a batch should go now
+        self._space = trio.lowlevel.ParkingLot()  # writers waiting for room
+        self._settled = trio.lowlevel.ParkingLot()  # flush() callers waiting
+
+    # ------------------------------------------------------------ the actors' side
+
+    @property
+    def size(self) -> int:
+        """Writes acknowledged and not yet committed."""
+        return self._size
+
+    def has_room(self) -> bool:
+        return self._size < self._config.max_pending
+
+    async def wait_for_room(self) -> None:
+        """Block while the buffer is full (backpressure). Not a checkpoint when there is room."""
+        if self._size < self._config.max_pending:
+            return
+        self._counters.backpressure_waits += 1
+        while self._size >= self._config.max_pending:
+            self._urgent.set()
+            await self._space.park()
+
+    def record(self, row: Session, message: Message | None = None) -> None:
+        """Buffer a session's new row, and the message it appended if any."""
+        entry = self._pending.get(row.id)
+        if entry is None:
+            entry = self._new_entry(row.id)
+        entry.row = row
+        if message is not None:
+            entry.messages.append(message)
+            self._size += 1
+        self._ticket += 1
+
+    def record_delete(self, session_id: UUID) -> None:
+        """Buffer a hard delete: drops the session's buffered row and messages."""
+        entry = self._pending.get(session_id)
+        if entry is None:
+            entry = self._new_entry(session_id)
+        self._size -= len(entry.messages)
+        entry.row = None
+        entry.messages = []
+        entry.deleted = True
+        self._ticket += 1
+
+    def durable_waiter(self, session_id: UUID) -> DurableWaiter:
+        """A waiter for the session's latest recorded change; asks for a flush now."""
+        waiter = DurableWaiter()
+        self._pending[session_id].waiters.append(waiter)
+        self._urgent.set()
+        return waiter
+
+    def lookup(self, session_id: UUID) -> tuple[Session | None, bool, list[Message]]:
+        """What the buffer knows of a session: (newest row, deleted?, buffered messages).
+
+        The in-flight batch counts too, so a change is never read stale while
+        it is being written.
+        """
+        pending = self._pending.get(session_id)
+        inflight = self._inflight.get(session_id)
+        if pending is not None and pending.deleted:
+            return None, True, []
+        messages: list[Message] = []
+        row = None
+        if inflight is not None:
+            if inflight.deleted and pending is None:
+                return None, True, []
+            row = inflight.row
+            messages.extend(inflight.messages)
+        if pending is not None:
+            row = pending.row
+            messages.extend(pending.messages)
+        return row, False, messages
+
+    def _new_entry(self, session_id: UUID) -> _Entry:
+        entry = self._pending[session_id] = _Entry(session_id, self._ticket + 1, trio.current_time())
+        self._size += 1
+        if len(self._pending) == 1:
+            self._dirty.set()
+        elif len(self._pending) >= self._config.flush_batch:
+            self._urgent.set()
+        if not self._alerted and self._size >= self._alert_size:
+            self._alerted = True
+            logger.warning("write-behind holds {} writes, {:.0%} of max_pending; is the store keeping up?",
+                           self._size, self._size / self._config.max_pending)
+        return entry
+
+    # --------------------------------------------------------------- flush waits
+
+    async def flush(self) -> None:
+        """Wait until every change recorded before this call is committed or refused."""
+        target = self._ticket
+        while self._oldest_ticket() <= target:
+            self._urgent.set()
+            await self._settled.park()
+        await trio.lowlevel.checkpoint()
+
+    def _oldest_ticket(self) -> float:
+        for buffer in (self._inflight, self._pending):
+            for entry in buffer.values():
+                return entry.ticket
+        return float("inf")
+
+    # ------------------------------------------------------------------ flusher
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The flusher: runs until cancelled, one batch at a time."""
+        task_status.started()
+        while True:
+            while not self._pending:
+                self._dirty = trio.Event()
+                await self._dirty.wait()
+            oldest = next(iter(self._pending.values()))
+            with trio.move_on_at(oldest.since + self._config.flush_interval):
+                await self._urgent.wait()
+            self._urgent = trio.Event()
+            await self._flush_batch()
+
+    async def _flush_batch(self) -> None:
+        taken = list(islice(self._pending, self._config.flush_batch))
+        for session_id in taken:
+            self._inflight[session_id] = self._pending.pop(session_id)
+        try:
+            await self._write_isolating(_batch_of(self._inflight.values()))
+        finally:
+            # Cancellation (a shutdown that ran out of time) leaves the rows
+            # unwritten; they are already counted as lost by the caller.
+            for entry in self._inflight.values():
+                self._size -= entry.size()
+            self._inflight.clear()
+            if self._size < self._alert_size:
+                self._alerted = False
+            self._space.unpark_all()
+            self._settled.unpark_all()
+
+    async def _write_isolating(self, batch: WriteBatch) -> None:
+        """Write a batch; if the database refuses it, split it until the bad rows are found."""
+        try:
+            await self._write_retrying(batch)
+        except WriteRejected as exc:
+            ids = {s.id for s in batch.sessions} | set(batch.deletes)
+            if len(ids) == 1:
+                self._reject(ids.pop(), batch, exc)
+                return
+            first, second = batch.split()
+            await self._write_isolating(first)
+            await self._write_isolating(second)
+            return
+        self._counters.flush_batches += 1
+        self._counters.flushed_sessions += len(batch.sessions) + len(batch.deletes)
+        self._counters.flushed_messages += len(batch.messages)
+        for session_id in {s.id for s in batch.sessions} | set(batch.deletes):
+            for waiter in self._inflight[session_id].waiters:
+                waiter.settle(None)
+
+    async def _write_retrying(self, batch: WriteBatch) -> None:
+        """Write, retrying `StoreUnavailable` with exponential backoff and full jitter."""
+        delay = self._config.retry_initial_delay
+        failures = 0
+        while True:
+            try:
+                await self._store.write(batch)
+                return
+            except StoreUnavailable as exc:
+                failures += 1
+                self._counters.store_errors += 1
+                self._counters.retries += 1
+                if failures == self._config.alert_flush_failures:
+                    logger.warning("flush failed {} times in a row, still retrying: {}", failures, exc)
+                await trio.sleep(self._rng.uniform(delay / 2, delay))
+                delay = min(delay * 2, self._config.retry_max_delay)
+
+    def _reject(self, session_id: UUID, batch: WriteBatch, exc: WriteRejected) -> None:
+        entry = self._inflight[session_id]
+        self._counters.rejected_rows += len(batch)
+        logger.error("the database refused session {} ({} rows), dropped: {}", session_id, len(batch), exc)
+        for waiter in entry.waiters:
+            waiter.settle(exc)
+
+
+def _batch_of(entries: Iterable[_Entry]) -> WriteBatch:
+    sessions = []
+    messages = []
+    deletes = []
+    for entry in entries:
+        if entry.deleted:
+            deletes.append(entry.session_id)
+        else:
+            assert entry.row is not None
+            sessions.append(entry.row)
+            messages.extend((entry.session_id, m) for m in entry.messages)
+    return WriteBatch(tuple(sessions), tuple(messages), tuple(deletes))
