@@ -110,7 +110,8 @@ async def test_session_expires_exactly_at_its_deadline(autojump_clock: trio.test
             assert (await events.receive()).kind == "created"
             event = await events.receive()
             assert event.kind == "expired"
-            assert trio.current_time() == start + MINUTE
+            assert trio.current_time() == rt.clock.to_trio(session.expires_at)
+            assert trio.current_time() == pytest.approx(start + MINUTE, abs=1e-6)
             assert event.session.id == session.id
             assert event.session.is_active is False
             assert event.session.end_reason == "expired"
@@ -133,7 +134,7 @@ async def test_activity_slides_the_deadline(autojump_clock: trio.testing.MockClo
         async with rt.subscribe() as events:
             event = await events.receive()
         assert event.kind == "expired"
-        assert trio.current_time() == start + 95.0 + MINUTE
+        assert trio.current_time() == pytest.approx(start + 95.0 + MINUTE, abs=1e-6)
 
 
 async def test_non_activity_changes_do_not_slide(autojump_clock: trio.testing.MockClock) -> None:
@@ -145,13 +146,15 @@ async def test_non_activity_changes_do_not_slide(autojump_clock: trio.testing.Mo
         await rt.add_note(session.id, "a note")
         async with rt.subscribe() as events:
             event = await events.receive()
-        assert (event.kind, trio.current_time()) == ("expired", start + MINUTE)
+        assert event.kind == "expired"
+        assert trio.current_time() == rt.clock.to_trio(session.expires_at)
+        assert trio.current_time() == pytest.approx(start + MINUTE, abs=1e-6)
 
 
 async def test_expired_session_is_never_revived(autojump_clock: trio.testing.MockClock) -> None:
     async with open_runtime(config(), store=MemoryStore()) as rt:
         session = await rt.create("u1", "max", timeout=5.0)
-        await trio.sleep(5.0)
+        await trio.sleep_until(rt.clock.to_trio(session.expires_at))  # to the microsecond
         with pytest.raises(SessionInactive):
             await rt.update_last_activity(session.id)
         with pytest.raises(SessionInactive):
@@ -167,7 +170,7 @@ async def test_overdue_call_expires_before_the_expiry_task_runs(autojump_clock: 
     async with open_runtime(config(), store=MemoryStore()) as rt:
         session = await rt.create("u1", "max", timeout=5.0)
         rt._background.cancel()  # no expiry task from here on
-        await trio.sleep(5.0)
+        await trio.sleep_until(rt.clock.to_trio(session.expires_at))
         with pytest.raises(SessionInactive):
             await rt.update_last_activity(session.id)
         assert (await rt.get(session.id)).end_reason == "expired"
@@ -180,7 +183,7 @@ async def test_cleanup_old_sessions_counts_what_it_expired(autojump_clock: trio.
         for session in due[:2]:
             await rt.update_last_activity(session.id)  # resident ones too
         fresh = await rt.create("u9", "geral", timeout=100.0)
-        await trio.sleep(10.0)
+        await trio.sleep_until(rt.clock.to_trio(due[-1].expires_at))
         assert await rt.cleanup_old_sessions() == 6
         assert await rt.cleanup_old_sessions() == 0
         for session in due:
@@ -206,7 +209,8 @@ async def test_restart_expires_what_fell_due_while_nothing_ran(autojump_clock: t
         async with rt.subscribe() as events:
             event = await events.receive()
         assert (event.kind, event.session.id) == ("expired", long.id)
-        # The deadline survives the restart (to the microsecond of the stored timestamp).
+        # The deadline survives the restart exactly.
+        assert trio.current_time() == rt.clock.to_trio(long.expires_at)
         assert trio.current_time() - start == pytest.approx(1000.0 - 20.0, abs=1e-5)
 
 

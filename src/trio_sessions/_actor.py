@@ -33,10 +33,6 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-#: A deadline read back from a stored timestamp (microseconds) may be this much later
-#: than the Trio time it was made from; the expiry check allows for it.
-TIMESTAMP_RESOLUTION = 1e-6
-
 
 # ------------------------------------------------------------------- commands
 
@@ -310,8 +306,8 @@ class SessionActor:
         """Sliding expiration: activity moves `expires_at` to `last_activity + timeout`."""
         clock = self._sup.clock
         wall = clock.to_wall(now)
-        deadline = now + session.timeout
-        new = replace(session, last_activity=wall, expires_at=clock.to_wall(deadline),
+        deadline, expires_at = clock.deadline_after(wall, session.timeout)
+        new = replace(session, last_activity=wall, expires_at=expires_at,
                       updated_at=wall, version=session.version + 1, **changes)
         self.deadline = deadline
         self._sup.deadlines.touch(self.id, deadline)
@@ -385,7 +381,7 @@ class SessionActor:
         assert session is not None
         if not session.is_active:
             return False
-        if self.deadline > self._sup.clock.now() + TIMESTAMP_RESOLUTION:
+        if self.deadline > self._sup.clock.now():
             # Touched after the expiry task popped it: make sure it is queued again.
             self._sup.deadlines.touch(self.id, self.deadline)
             return False

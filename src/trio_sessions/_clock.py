@@ -10,7 +10,7 @@ the calendar the same way.
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import trio
 
@@ -41,3 +41,14 @@ class Clock:
     def to_trio(self, wall: datetime) -> float:
         """The Trio time of a UTC datetime."""
         return wall.timestamp() - self._offset
+
+    def deadline_after(self, wall: datetime, seconds: float) -> tuple[float, datetime]:
+        """The deadline `seconds` after `wall`, as (Trio time, UTC datetime).
+
+        The datetime is exact datetime arithmetic (so `expires_at - last_activity`
+        is the timeout), and the Trio time is the one that datetime reads back
+        as: a session expires at the same instant whether its deadline came
+        from memory or from the store.
+        """
+        expires_at = wall + timedelta(seconds=seconds)
+        return self.to_trio(expires_at), expires_at

@@ -152,11 +152,13 @@ class SessionRuntime:
                 nursery.start_soon(self._expire_forever)
                 nursery.start_soon(self._passivate_idle_forever)
 
-    async def _shutdown(self) -> None:
+    async def _shutdown(self, *, flush: bool) -> None:
         """Stop taking calls, let actors finish their mailboxes, flush, close subscribers.
 
         Runs shielded, within `shutdown_timeout`. Raises `StoreUnavailable` if
-        acknowledged writes could not be committed in that time.
+        acknowledged writes could not be committed in that time. With
+        `flush=False` (one of the runtime's own tasks failed, so the flusher
+        may be gone) it only closes.
         """
         self._closed = True
         self._background.cancel()
@@ -164,9 +166,10 @@ class SessionRuntime:
             scope.deadline = trio.current_time() + self.config.shutdown_timeout
             for actor in list(self._actors.values()):
                 self.retire(actor)
-            while self._running:
-                await self._all_stopped.park()
-            await self.writebehind.flush()
+            if flush:
+                while self._running:
+                    await self._all_stopped.park()
+                await self.writebehind.flush()
         for subscription in self._subscribers:
             subscription._send.close()
         if scope.cancelled_caught:
@@ -228,19 +231,15 @@ class SessionRuntime:
     # ---------------------------------------------------------------- routing
 
     def _activate(self, session_id: UUID, *, recently_used: bool = True) -> SessionActor:
-        now = trio.current_time()
-        actor = SessionActor(session_id, self, self._retiring.get(session_id), now)
+        while len(self._actors) >= self.config.max_resident:
+            self.counters.passivations += 1
+            self.retire(next(iter(self._actors.values())))
+        actor = SessionActor(session_id, self, self._retiring.get(session_id), trio.current_time())
         self._actors[session_id] = actor
-        if not recently_used:
+        if not recently_used:  # an actor started only to expire goes first when room is needed
             self._actors.move_to_end(session_id, last=False)
         self._running += 1
         self._nursery.start_soon(actor.run, name=f"trio_sessions.actor {session_id}")
-        while len(self._actors) > self.config.max_resident:
-            oldest = next(iter(self._actors.values()))
-            if oldest is actor:
-                break
-            self.counters.passivations += 1
-            self.retire(oldest)
         return actor
 
     async def _call(self, session_id: UUID, command: Command) -> Any:
@@ -343,16 +342,18 @@ class SessionRuntime:
         # From here to the record there is no checkpoint: the creation is atomic.
         now = self.clock.now()
         wall = self.clock.to_wall(now)
-        deadline = now + timeout_s
+        deadline, expires_at = self.clock.deadline_after(wall, timeout_s)
         session = Session(
             id=uuid.uuid4(), notes=(), is_active=True, message_count=0, created_at=wall,
-            updated_at=wall, last_activity=wall, expires_at=self.clock.to_wall(deadline),
+            updated_at=wall, last_activity=wall, expires_at=expires_at,
             ended_at=None, end_reason=None, version=1, timeout=timeout_s, **fields)
         self.writebehind.record(session)
         self.deadlines.push(session.id, deadline)
         self.publish("created", session)
         if durable:
-            await self.writebehind.durable_waiter(session.id).wait()
+            waiter = self.writebehind.durable_waiter(session.id)
+            assert waiter is not None  # just recorded
+            await waiter.wait()
         return session
 
     @_measured("get")
@@ -640,7 +641,7 @@ async def open_runtime(config: RuntimeConfig | None = None, *,
         except BaseException as exc:  # re-raised below, outside our nurseries
             body_error = exc
         try:
-            await runtime._shutdown()
+            await runtime._shutdown(flush=not nursery.cancel_scope.cancel_called)
         except StoreUnavailable as exc:
             shutdown_error = exc
         nursery.cancel_scope.cancel()

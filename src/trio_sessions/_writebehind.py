@@ -54,7 +54,7 @@ class DurableWaiter:
 class _Entry:
     """One session's buffered changes: its newest row, or a deletion, and new messages."""
 
-    __slots__ = ("session_id", "row", "messages", "deleted", "ticket", "since", "waiters")
+    __slots__ = ("session_id", "row", "messages", "deleted", "ticket", "since", "waiters", "settled")
 
     def __init__(self, session_id: UUID, ticket: int, since: float) -> None:
         self.session_id = session_id
@@ -64,6 +64,7 @@ class _Entry:
         self.ticket = ticket
         self.since = since
         self.waiters: list[DurableWaiter] = []
+        self.settled = False  # written or refused; its waiters have been told
 
     def size(self) -> int:
         return 1 + len(self.messages)
@@ -130,10 +131,16 @@ class WriteBehind:
         entry.deleted = True
         self._ticket += 1
 
-    def durable_waiter(self, session_id: UUID) -> DurableWaiter:
-        """A waiter for the session's latest recorded change; asks for a flush now."""
+    def durable_waiter(self, session_id: UUID) -> DurableWaiter | None:
+        """A waiter for the session's latest recorded change, or None if it is committed.
+
+        Asks the flusher to write now.
+        """
+        entry = self._pending.get(session_id) or self._inflight.get(session_id)
+        if entry is None or entry.settled:
+            return None
         waiter = DurableWaiter()
-        self._pending[session_id].waiters.append(waiter)
+        entry.waiters.append(waiter)
         self._urgent.set()
         return waiter
 
@@ -237,7 +244,9 @@ class WriteBehind:
         self._counters.flushed_sessions += len(batch.sessions) + len(batch.deletes)
         self._counters.flushed_messages += len(batch.messages)
         for session_id in {s.id for s in batch.sessions} | set(batch.deletes):
-            for waiter in self._inflight[session_id].waiters:
+            entry = self._inflight[session_id]
+            entry.settled = True
+            for waiter in entry.waiters:
                 waiter.settle(None)
 
     async def _write_retrying(self, batch: WriteBatch) -> None:
@@ -261,6 +270,7 @@ class WriteBehind:
         entry = self._inflight[session_id]
         self._counters.rejected_rows += len(batch)
         logger.error("the database refused session {} ({} rows), dropped: {}", session_id, len(batch), exc)
+        entry.settled = True
         for waiter in entry.waiters:
             waiter.settle(exc)
 
