@@ -1,0 +1,148 @@
+"""The write-behind: coalescing, batching, retries, backpressure and a poison row."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import trio
+import trio.testing
+
+from trio_sessions import (
+    MemoryStore, RuntimeConfig, Store, StoreUnavailable, WriteRejected, open_runtime,
+)
+from trio_sessions._store import WriteBatch
+
+StoreFactory = Callable[[], Store]
+
+
+class RecordingStore(MemoryStore):
+    """A real MemoryStore that also keeps every batch it was asked to write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[WriteBatch] = []
+
+    async def write(self, batch: WriteBatch) -> None:
+        self.batches.append(batch)
+        await super().write(batch)
+
+
+class OutageStore(MemoryStore):
+    """A real MemoryStore whose writes fail as if the server were down, `failures` times."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+        self.attempts = 0
+
+    async def write(self, batch: WriteBatch) -> None:
+        self.attempts += 1
+        if self.failures:
+            self.failures -= 1
+            await trio.lowlevel.checkpoint()
+            raise StoreUnavailable("connection refused (outage)")
+        await super().write(batch)
+
+
+async def test_rows_coalesce_and_messages_keep_their_order(autojump_clock: trio.testing.MockClock) -> None:
+    store = RecordingStore()
+    async with open_runtime(RuntimeConfig(flush_interval=1.0), store=store) as rt:
+        session = await rt.create("u", "geral")
+        for i in range(20):
+            await rt.update_last_activity(session.id)
+            last = await rt.append_message(session.id, "user", f"m{i}")
+        await trio.sleep(1.0)  # one flush interval
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(store.batches) == 1
+        (batch,) = store.batches
+        assert batch.sessions == (last,)  # 41 changes, one row: the newest
+        assert [m.content for _, m in batch.messages] == [f"m{i}" for i in range(20)]
+        assert rt.metrics().flushed_sessions == 1 and rt.metrics().flushed_messages == 20
+
+
+async def test_a_change_reaches_the_store_within_flush_interval(autojump_clock: trio.testing.MockClock) -> None:
+    store = RecordingStore()
+    async with open_runtime(RuntimeConfig(flush_interval=0.5), store=store) as rt:
+        session = await rt.create("u", "geral")
+        acknowledged = trio.current_time()
+        while (await store.load(session.id, messages=0)) is None:
+            await trio.sleep(0.01)
+        assert trio.current_time() - acknowledged <= 0.5 + 1e-9
+
+
+async def test_a_full_batch_flushes_without_waiting(autojump_clock: trio.testing.MockClock) -> None:
+    store = RecordingStore()
+    async with open_runtime(RuntimeConfig(flush_interval=3600.0, flush_batch=10), store=store) as rt:
+        start = trio.current_time()
+        for _ in range(25):
+            await rt.create("u", "geral")
+        await trio.testing.wait_all_tasks_blocked()
+        assert [len(b.sessions) for b in store.batches] == [10, 10]
+        assert trio.current_time() == start  # no timer was needed
+
+
+async def test_transient_failures_are_retried_and_nothing_is_lost(autojump_clock: trio.testing.MockClock) -> None:
+    store = OutageStore(failures=6)
+    config = RuntimeConfig(flush_interval=0.1, retry_initial_delay=0.1, retry_max_delay=1.0)
+    async with open_runtime(config, store=store) as rt:
+        sessions = [await rt.create("u", "max") for _ in range(5)]
+        latest = [await rt.append_message(s.id, "user", "hi") for s in sessions]
+        durable = await rt.update_last_activity(sessions[0].id, durable=True)
+        assert store.attempts == 7
+        metrics = rt.metrics()
+        assert (metrics.retries, metrics.store_errors) == (6, 6)
+    for session in [durable, *latest[1:]]:
+        assert (await store.load(session.id, messages=5))[0] == session  # type: ignore[index]
+
+
+async def test_backoff_grows_exponentially_with_jitter(autojump_clock: trio.testing.MockClock) -> None:
+    store = OutageStore(failures=5)
+    config = RuntimeConfig(flush_interval=0.1, retry_initial_delay=1.0, retry_max_delay=4.0)
+    async with open_runtime(config, store=store) as rt:
+        await rt.create("u", "max")
+        start = trio.current_time()
+        await rt.flush()
+        waited = trio.current_time() - start
+    # delays of 1, 2, 4, 4, 4 seconds, each jittered down to at most half
+    assert (1 + 2 + 4 + 4 + 4) / 2 <= waited <= 1 + 2 + 4 + 4 + 4 + 0.1
+
+
+async def test_full_buffer_makes_writers_wait_and_drops_nothing() -> None:
+    gate = trio.Event()
+
+    class GatedStore(MemoryStore):
+        async def write(self, batch: WriteBatch) -> None:
+            await gate.wait()
+            await super().write(batch)
+
+    store = GatedStore()
+    config = RuntimeConfig(flush_interval=0.01, max_pending=10, flush_batch=5)
+    async with open_runtime(config, store=store) as rt:
+        created = []
+
+        async def writer(i: int) -> None:
+            session = await rt.create(f"u{i}", "max")
+            created.append(await rt.append_message(session.id, "user", "x"))
+
+        async with trio.open_nursery() as nursery:
+            for i in range(30):
+                nursery.start_soon(writer, i)
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(created) < 30  # writers are waiting
+            assert rt.metrics().pending_writes <= 10 + 1
+            assert rt.metrics().backpressure_waits > 0
+            gate.set()
+        assert len(created) == 30
+    for session in created:
+        assert (await store.load(session.id, messages=1))[0] == session  # type: ignore[index]
+
+
+async def test_exit_with_the_store_down_reports_what_was_not_flushed(
+        autojump_clock: trio.testing.MockClock) -> None:
+    store = OutageStore(failures=10**9)
+    config = RuntimeConfig(flush_interval=0.1, shutdown_timeout=5.0)
+    with pytest.raises(StoreUnavailable, match="3 acknowledged writes"):
+        async with open_runtime(config, store=store) as rt:
+            for _ in range(3):
+                await rt.create("u", "max")
