@@ -1,0 +1,730 @@
+"""`PostgresStore`: the `Store` protocol on PostgreSQL, through asyncpg under trio-asyncio.
+
+This is the only module that imports asyncio, asyncpg or trio_asyncio, and
+the only one that knows SQL. The bridge works like this:
+
+- `connect()` opens a trio-asyncio loop and keeps it on the store. Every call
+  crosses into asyncio once, as `aio_as_trio(fn, loop=loop)(*args)`, where
+  `fn` is one of the `_aio_*` coroutine functions below: they are the only
+  code that runs on the asyncio side. The loop is passed explicitly because
+  trio-asyncio otherwise finds it through a context variable that a Trio task
+  started outside `open_loop()` lacks.
+- asyncio objects (the pool, its connections) never outlive their loop: the
+  pool is made inside `connect()` and closed before the loop is.
+- Every value reaches SQL as a bind parameter. The SQL texts are constants
+  (the `list` variants are built once, at import, from constant fragments);
+  only `create_database` and `drop_database` put an identifier in SQL text,
+  validated and quoted, because a database name cannot be a parameter.
+
+Errors: a transient failure (connection lost or refused, server shutting down,
+too many connections, serialization failure, deadlock, a timeout) raises
+`StoreUnavailable` with the original chained; a data error raised by `write`
+(SQLSTATE class 22 or 23) raises `WriteRejected`; anything else propagates
+unchanged, because it is a bug.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeAlias, TypeVar
+from uuid import UUID
+
+import asyncpg
+import trio
+import trio_asyncio  # type: ignore[import-untyped]  # trio-asyncio ships no types
+
+from ._config import RuntimeConfig
+from ._errors import InvalidArgument, StoreUnavailable, WriteRejected
+from ._migrations import MIGRATION_LOCK_KEY, load_migrations
+from ._model import Message, Note, Session, check_metadata, check_text
+from ._store import ListQuery, WriteBatch
+
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
+    Pool: TypeAlias = asyncpg.Pool[asyncpg.Record]
+    Connection: TypeAlias = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
+
+T = TypeVar("T")
+
+#: Seconds a pool may take to close on exit before its connections are dropped.
+#: After the runtime has stopped no connection is in use, so closing takes
+#: milliseconds; a close that hangs (PITFALLS: a pending cancel) is cut short.
+POOL_CLOSE_TIMEOUT: Final = 5.0
+
+#: Timeout of the single connection made by the admin helpers below.
+ADMIN_CONNECT_TIMEOUT: Final = 10.0
+
+# ------------------------------------------------------------------------- SQL
+
+# The columns of `sessions`, in the order of `Session`'s fields.
+_SESSION_COLUMNS: Final = (
+    "id, user_id, agent, chat_id, title, state, metadata, notes, is_active, message_count,"
+    " created_at, updated_at, last_activity, expires_at, ended_at, end_reason, version, timeout"
+)
+
+# One statement upserts a whole batch: one array per column, unnested into rows.
+# The WHERE of DO UPDATE is the version guard that makes retries and stale
+# writers harmless (a row only ever moves to a newer version).
+_UPSERT_SESSIONS: Final = f"""
+INSERT INTO sessions ({_SESSION_COLUMNS})
+SELECT id, user_id, agent, chat_id, title, state, metadata::jsonb, notes::jsonb, is_active,
+       message_count, created_at, updated_at, last_activity, expires_at, ended_at, end_reason,
+       version, timeout
+FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+            $8::text[], $9::boolean[], $10::integer[], $11::timestamptz[], $12::timestamptz[],
+            $13::timestamptz[], $14::timestamptz[], $15::timestamptz[], $16::text[], $17::bigint[],
+            $18::float8[])
+     AS row ({_SESSION_COLUMNS})
+ON CONFLICT (id) DO UPDATE SET
+    user_id = EXCLUDED.user_id, agent = EXCLUDED.agent, chat_id = EXCLUDED.chat_id,
+    title = EXCLUDED.title, state = EXCLUDED.state, metadata = EXCLUDED.metadata,
+    notes = EXCLUDED.notes, is_active = EXCLUDED.is_active,
+    message_count = EXCLUDED.message_count, created_at = EXCLUDED.created_at,
+    updated_at = EXCLUDED.updated_at, last_activity = EXCLUDED.last_activity,
+    expires_at = EXCLUDED.expires_at, ended_at = EXCLUDED.ended_at,
+    end_reason = EXCLUDED.end_reason, version = EXCLUDED.version, timeout = EXCLUDED.timeout
+WHERE sessions.version < EXCLUDED.version
+"""
+
+# A retried append finds its (session_id, seq) stored and is skipped; of two
+# copies in one batch the first is kept (test_message_appends_are_idempotent).
+_INSERT_MESSAGES: Final = """
+INSERT INTO session_messages (session_id, seq, role, content, created_at)
+SELECT * FROM unnest($1::uuid[], $2::integer[], $3::text[], $4::text[], $5::timestamptz[])
+ON CONFLICT (session_id, seq) DO NOTHING
+"""
+
+_DELETE_MESSAGES: Final = "DELETE FROM session_messages WHERE session_id = ANY($1::uuid[])"
+_DELETE_SESSIONS: Final = "DELETE FROM sessions WHERE id = ANY($1::uuid[])"
+
+_LOAD_SESSION: Final = f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE id = $1"
+
+_NEWEST_MESSAGES: Final = """
+SELECT seq, role, content, created_at FROM session_messages
+WHERE session_id = $1 ORDER BY seq DESC LIMIT $2
+"""
+
+_NEWEST_MESSAGES_UP_TO: Final = """
+SELECT seq, role, content, created_at FROM session_messages
+WHERE session_id = $1 AND seq <= $2 ORDER BY seq DESC LIMIT $3
+"""
+
+_LIVE_DEADLINES: Final = "SELECT id, expires_at FROM sessions WHERE is_active"
+
+_HEALTH_CHECK: Final = "SELECT 1"
+
+_CREATE_SCHEMA_MIGRATIONS: Final = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    name       text        PRIMARY KEY,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+_APPLIED_MIGRATIONS: Final = "SELECT name FROM schema_migrations"
+_RECORD_MIGRATION: Final = "INSERT INTO schema_migrations (name) VALUES ($1)"
+_TERMINATE_CONNECTIONS: Final = """
+SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+WHERE datname = $1 AND pid <> pg_backend_pid()
+"""
+_LOCK_MIGRATIONS: Final = "SELECT pg_advisory_lock($1)"
+_UNLOCK_MIGRATIONS: Final = "SELECT pg_advisory_unlock($1)"
+
+# The optional equality filters of `list`, in `ListQuery` order; `after` and
+# the limit follow them.
+_LIST_FILTERS: Final = ("user_id = ${}", "agent = ${}", "chat_id = ${}", "is_active = ${}")
+
+
+def _list_sql(present: tuple[bool, ...]) -> str:
+    """The `list` query for one combination of present filters (run at import only)."""
+    conditions = []
+    count = 0
+    for template, on in zip(_LIST_FILTERS, present[:4], strict=True):
+        if on:
+            count += 1
+            conditions.append(template.format(count))
+    if present[4]:  # keyset pagination: strictly after the last row of the previous page
+        conditions.append(f"(created_at, id) < (${count + 1}, ${count + 2})")
+        count += 2
+    where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+    return (f"SELECT {_SESSION_COLUMNS} FROM sessions{where}"
+            f" ORDER BY created_at DESC, id DESC LIMIT ${count + 1}")
+
+
+# Keyed by (user_id, agent, chat_id, active, after) "is given": 32 constant texts.
+_LIST_SQL: Final = {present: _list_sql(present)
+                    for present in itertools.product((False, True), repeat=5)}
+
+
+# ----------------------------------------------------------------------- store
+
+
+class PostgresStore:
+    """A `Store` on PostgreSQL: the system of record of trio-sessions.
+
+    It behaves exactly like `MemoryStore` (the same contract tests run on
+    both). Use it inside `async with store.connect():`, which opens the
+    connection pool and applies the schema migrations; calls outside it raise
+    `RuntimeError`. A store object can connect again after it has closed,
+    but not twice at once.
+
+    Every call is a Trio checkpoint. Cancelling a call cancels its query; a
+    cancelled `write` rolls back (or, if the commit was already under way,
+    may have committed: writes are idempotent, so retrying is safe).
+
+    Args:
+        url: an asyncpg connection URL, e.g. `postgresql://user@host/db` or
+            `postgresql://postgres:@/postgres?host=/path/to/socket/dir`.
+        config: the pool settings (`pool_min`, `pool_max`, `connect_timeout`,
+            `command_timeout`, `max_inactive_connection_lifetime`); defaults
+            when None.
+    """
+
+    def __init__(self, url: str, config: RuntimeConfig | None = None) -> None:
+        self._url = check_text("url", url, max_chars=4096)
+        self._config = RuntimeConfig() if config is None else config
+        self._in_use = False
+        self._loop: Any = None  # the trio-asyncio loop (untyped) while connected
+        self._pool: Pool | None = None
+
+    def __repr__(self) -> str:
+        return f"<PostgresStore {_redact(self._url)} {'connected' if self._pool else 'closed'}>"
+
+    @asynccontextmanager
+    async def connect(self) -> AsyncIterator[None]:
+        """Open the pool and apply pending migrations; close the pool on exit.
+
+        Entering blocks until the pool's first `pool_min` connections are open
+        and the schema is current. Leaving closes the pool, shielded from
+        cancellation, within `POOL_CLOSE_TIMEOUT` seconds; after that the
+        connections are dropped. An exception raised by the body comes out
+        as it was raised (not wrapped in trio-asyncio's exception groups).
+
+        Raises:
+            StoreUnavailable: the server cannot be reached (on entry).
+            RuntimeError: the store is already connected.
+        """
+        if self._in_use:
+            raise RuntimeError("this PostgresStore is already connected; make one store per runtime")
+        self._in_use = True
+        try:
+            migrations = load_migrations()
+            async with _asyncio_loop() as loop:
+                with _store_errors():
+                    pool = await _run(loop, _aio_create_pool, self._url, self._config)
+                try:
+                    with _store_errors():
+                        await _run(loop, _aio_migrate_pool, pool, migrations)
+                    self._loop, self._pool = loop, pool
+                    yield
+                finally:
+                    self._loop, self._pool = None, None
+                    await _close_pool(loop, pool)
+        finally:
+            self._in_use = False
+
+    async def load(self, session_id: UUID, *, messages: int) -> tuple[Session, tuple[Message, ...]] | None:
+        """The stored session and its newest `messages` messages, oldest first.
+
+        Both come from one snapshot (a repeatable-read transaction), so the
+        messages match the row even while another writer commits.
+        Returns None when no such session is stored.
+        """
+        found = await self._call(_aio_load, session_id, messages)
+        if found is None:
+            return None
+        row, message_rows = found
+        return _session_from_row(row), _messages_from_rows(message_rows)
+
+    async def load_messages(self, session_id: UUID, *, limit: int, up_to_seq: int) -> tuple[Message, ...]:
+        """The newest `limit` messages with `seq <= up_to_seq`, oldest first."""
+        rows = await self._call(_aio_fetch, _NEWEST_MESSAGES_UP_TO, session_id, up_to_seq, limit)
+        return _messages_from_rows(rows)
+
+    async def live_deadlines(self) -> list[tuple[UUID, datetime]]:
+        """`(id, expires_at)` of every active session, in no particular order."""
+        rows = await self._call(_aio_fetch, _LIVE_DEADLINES)
+        return [(row[0], row[1]) for row in rows]
+
+    async def write(self, batch: WriteBatch) -> None:
+        """Apply one batch in one transaction (see `WriteBatch`).
+
+        At most four statements run, each covering the whole batch: the
+        session upsert, the message appends, and the deletes of messages and
+        rows. Rows are written in id order, so two stores writing overlapping
+        batches lock rows in the same order instead of deadlocking.
+
+        Raises:
+            WriteRejected: PostgreSQL refused the data (SQLSTATE class 22 or
+                23, e.g. a NUL character); nothing of the batch was written.
+            StoreUnavailable: a transient failure; the batch may be retried.
+        """
+        loop, pool = self._connected()
+        if not len(batch):
+            await trio.lowlevel.checkpoint()
+            return
+        sessions = _session_columns(batch.sessions) if batch.sessions else None
+        messages = _message_columns(batch.messages) if batch.messages else None
+        deletes = sorted(batch.deletes)
+        with _store_errors(rejectable=True):
+            await _run(loop, _aio_write, pool, sessions, messages, deletes)
+
+    async def list(self, query: ListQuery) -> list[Session]:
+        """Up to `query.limit` sessions matching the filters, newest first.
+
+        Order is `(created_at, id)` descending; `query.after` is the
+        `(created_at, id)` of the last session of the previous page.
+        """
+        present = (query.user_id is not None, query.agent is not None, query.chat_id is not None,
+                   query.active is not None, query.after is not None)
+        args: list[object] = [value for value in (query.user_id, query.agent, query.chat_id, query.active)
+                              if value is not None]
+        if query.after is not None:
+            args.extend(query.after)
+        args.append(query.limit)
+        rows = await self._call(_aio_fetch, _LIST_SQL[present], *args)
+        return [_session_from_row(row) for row in rows]
+
+    async def health_check(self) -> None:
+        """Return when PostgreSQL answers `SELECT 1`.
+
+        Raises:
+            StoreUnavailable: any failure, transient or not.
+        """
+        loop, pool = self._connected()
+        try:
+            await _run(loop, _aio_fetch, pool, _HEALTH_CHECK)
+        except Exception as exc:
+            raise StoreUnavailable(f"PostgreSQL health check failed: {_describe(exc)}") from exc
+
+    async def _call(self, fn: Callable[..., Awaitable[T]], *args: object) -> T:
+        """Run `fn(pool, *args)` on the asyncio side, translating transient errors."""
+        loop, pool = self._connected()
+        with _store_errors():
+            return await _run(loop, fn, pool, *args)
+
+    def _connected(self) -> tuple[Any, Pool]:
+        if self._pool is None:
+            raise RuntimeError(
+                "PostgresStore is not connected: use it inside `async with store.connect():`"
+                " (did you forget open_runtime()?)")
+        return self._loop, self._pool
+
+
+# ----------------------------------------------------- the asyncio side
+# These coroutine functions run on the trio-asyncio loop, called through `_run`.
+
+
+async def _aio_create_pool(url: str, config: RuntimeConfig) -> Pool:
+    # No type codecs are registered: JSON columns are encoded with json.dumps,
+    # sent as text and cast to jsonb in SQL, and read back as text.
+    return await asyncpg.create_pool(
+        url,
+        min_size=config.pool_min,
+        max_size=config.pool_max,
+        max_inactive_connection_lifetime=config.max_inactive_connection_lifetime,
+        timeout=config.connect_timeout,
+        command_timeout=config.command_timeout,
+        server_settings={"application_name": "trio-sessions"},
+    )
+
+
+async def _aio_migrate_pool(pool: Pool, migrations: Sequence[tuple[str, str]]) -> list[str]:
+    async with pool.acquire() as connection:
+        return await _aio_apply_migrations(connection, migrations)
+
+
+async def _aio_apply_migrations(connection: Connection, migrations: Sequence[tuple[str, str]]) -> list[str]:
+    """Apply the migrations `schema_migrations` lacks, in order; return their names.
+
+    The session-level advisory lock makes concurrent runners (several
+    processes starting at once) take turns: the first applies, the others
+    then find every file recorded. Each file and its record commit together.
+    On error the lock is not released here: an unlock on a broken or
+    cancelled connection would only hide the error, and the lock goes
+    anyway when the connection closes or returns to the pool (whose reset
+    runs `pg_advisory_unlock_all()`).
+    """
+    await connection.execute(_LOCK_MIGRATIONS, MIGRATION_LOCK_KEY)
+    await connection.execute(_CREATE_SCHEMA_MIGRATIONS)
+    applied = {row[0] for row in await connection.fetch(_APPLIED_MIGRATIONS)}
+    newly_applied = []
+    for name, sql in migrations:
+        if name in applied:
+            continue
+        async with connection.transaction():
+            await connection.execute(sql)
+            await connection.execute(_RECORD_MIGRATION, name)
+        newly_applied.append(name)
+    await connection.execute(_UNLOCK_MIGRATIONS, MIGRATION_LOCK_KEY)
+    return newly_applied
+
+
+async def _aio_load(pool: Pool, session_id: UUID, messages: int
+                    ) -> tuple[asyncpg.Record, list[asyncpg.Record]] | None:
+    async with pool.acquire() as connection, connection.transaction(
+            isolation="repeatable_read", readonly=True):
+        row = await connection.fetchrow(_LOAD_SESSION, session_id)
+        if row is None:
+            return None
+        newest = await connection.fetch(_NEWEST_MESSAGES, session_id, messages) if messages else []
+        return row, newest
+
+
+async def _aio_fetch(pool: Pool, sql: str, *args: object) -> list[asyncpg.Record]:
+    return await pool.fetch(sql, *args)
+
+
+async def _aio_write(pool: Pool, sessions: list[Sequence[Any]] | None,
+                     messages: list[Sequence[Any]] | None, deletes: list[UUID]) -> None:
+    # The same order as MemoryStore.write: rows, then messages, then deletes.
+    async with pool.acquire() as connection, connection.transaction():
+        if sessions is not None:
+            await connection.execute(_UPSERT_SESSIONS, *sessions)
+        if messages is not None:
+            await connection.execute(_INSERT_MESSAGES, *messages)
+        if deletes:
+            await connection.execute(_DELETE_MESSAGES, deletes)
+            await connection.execute(_DELETE_SESSIONS, deletes)
+
+
+async def _aio_terminate(pool: Pool) -> None:
+    pool.terminate()
+
+
+async def _aio_execute_once(url: str, sql: str) -> None:
+    connection = await asyncpg.connect(url, timeout=ADMIN_CONNECT_TIMEOUT)
+    try:
+        await connection.execute(sql)
+    finally:
+        connection.terminate()  # nothing is pending: no need for a graceful close
+
+
+async def _aio_fetchval_once(url: str, sql: str, *args: object) -> Any:
+    connection = await asyncpg.connect(url, timeout=ADMIN_CONNECT_TIMEOUT)
+    try:
+        return await connection.fetchval(sql, *args)
+    finally:
+        connection.terminate()
+
+
+async def _aio_migrate_url(url: str, migrations: Sequence[tuple[str, str]], connect_timeout: float
+                           ) -> list[str]:
+    connection = await asyncpg.connect(url, timeout=connect_timeout)
+    try:
+        applied = await _aio_apply_migrations(connection, migrations)
+    except BaseException:
+        connection.terminate()  # also releases the advisory lock
+        raise
+    await connection.close()
+    return applied
+
+
+# ------------------------------------------------------- the bridge
+
+
+async def _run(loop: Any, fn: Callable[..., Awaitable[T]], *args: object) -> T:
+    """`await fn(*args)` on the asyncio loop `loop`, from Trio."""
+    result: T = await trio_asyncio.aio_as_trio(fn, loop=loop)(*args)
+    return result
+
+
+@asynccontextmanager
+async def _asyncio_loop() -> AsyncIterator[Any]:
+    """`trio_asyncio.open_loop()`, re-raising the body's own exception unwrapped.
+
+    trio-asyncio wraps whatever leaves its loop in one exception group per
+    internal nursery. When the group holds nothing but the exception that
+    left our body, that exception is re-raised as it was, so callers see
+    `StoreUnavailable` (or their own error) plainly.
+    """
+    escaped: BaseException | None = None
+    try:
+        async with trio_asyncio.open_loop() as loop:
+            try:
+                yield loop
+            except BaseException as exc:
+                escaped = exc
+                raise
+    except BaseExceptionGroup as group:
+        if escaped is not None and _only_wraps(group, escaped):
+            _reraise(escaped)
+        raise
+
+
+async def _close_pool(loop: Any, pool: Pool) -> None:
+    """Close `pool` gracefully, shielded and within `POOL_CLOSE_TIMEOUT`; else terminate it."""
+    with trio.move_on_after(POOL_CLOSE_TIMEOUT, shield=True):
+        try:
+            await _run(loop, pool.close)
+        except Exception as exc:
+            if not _is_transient(exc):
+                raise
+        else:
+            return
+    # Closing timed out or the connections broke: drop them (a no-op when
+    # asyncpg already terminated the pool after a cancelled close).
+    with trio.CancelScope(shield=True):
+        await _run(loop, _aio_terminate, pool)
+
+
+# ------------------------------------------------------- rows
+
+
+# A JSON string (skipped) or a number json.dumps wrote with a positive exponent.
+_STRING_OR_EXPONENT_NUMBER: Final = re.compile(r'("(?:[^"\\]|\\.)*")|(-?[0-9.]+e\+[0-9]+)')
+
+
+def _encode_metadata(metadata: Any) -> str:
+    """JSON text for a jsonb column that reads back as the same Python values.
+
+    jsonb keeps a number as an exact decimal and prints it without exponent,
+    so a float that json.dumps writes as `1.5e+300` (any float of 1e16 or
+    more) would read back as an int. Written positionally with a `.0`, it
+    reads back as the same float (test_round_trip_of_every_field).
+    """
+    text = json.dumps(metadata, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    if "e+" not in text:
+        return text
+    return _STRING_OR_EXPONENT_NUMBER.sub(_positional, text)
+
+
+def _positional(match: re.Match[str]) -> str:
+    string, number = match.groups()
+    return string if number is None else format(float(number), ".1f")
+
+
+def _encode_notes(notes: tuple[Note, ...]) -> str:
+    return json.dumps(
+        [{"text": note.text, "created_at": note.created_at.astimezone(UTC).isoformat()} for note in notes],
+        ensure_ascii=False, separators=(",", ":"))
+
+
+def _decode_notes(text: str) -> tuple[Note, ...]:
+    return tuple(Note(item["text"], _as_utc(datetime.fromisoformat(item["created_at"])))
+                 for item in json.loads(text))
+
+
+def _as_utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _session_columns(sessions: Sequence[Session]) -> list[Sequence[Any]]:
+    """The 18 column arrays of `_UPSERT_SESSIONS`, rows in id order."""
+    rows = [
+        (s.id, s.user_id, s.agent, s.chat_id, s.title, s.state, _encode_metadata(s.metadata),
+         _encode_notes(s.notes), s.is_active, s.message_count, s.created_at, s.updated_at,
+         s.last_activity, s.expires_at, s.ended_at, s.end_reason, s.version, s.timeout)
+        for s in sorted(sessions, key=lambda s: s.id)
+    ]
+    return list(zip(*rows, strict=True))
+
+
+def _message_columns(messages: Sequence[tuple[UUID, Message]]) -> list[Sequence[Any]]:
+    """The 5 column arrays of `_INSERT_MESSAGES`, in batch order (first copy wins)."""
+    rows = [(session_id, m.seq, m.role, m.content, m.created_at) for session_id, m in messages]
+    return list(zip(*rows, strict=True))
+
+
+def _session_from_row(row: asyncpg.Record) -> Session:
+    (id_, user_id, agent, chat_id, title, state, metadata, notes, is_active, message_count,
+     created_at, updated_at, last_activity, expires_at, ended_at, end_reason, version, timeout) = row
+    return Session(
+        id=id_, user_id=user_id, agent=agent, chat_id=chat_id, title=title, state=state,
+        metadata=check_metadata(json.loads(metadata)), notes=_decode_notes(notes),
+        is_active=is_active, message_count=message_count, created_at=created_at,
+        updated_at=updated_at, last_activity=last_activity, expires_at=expires_at,
+        ended_at=ended_at, end_reason=end_reason, version=version, timeout=timeout,
+    )
+
+
+def _messages_from_rows(rows: Sequence[asyncpg.Record]) -> tuple[Message, ...]:
+    """Messages from rows fetched newest first, returned oldest first."""
+    return tuple(Message(row[0], row[1], row[2], row[3]) for row in reversed(rows))
+
+
+# ------------------------------------------------------- errors
+
+# Operator intervention (server shutting down, or a query cancelled by an
+# administrator), too many connections, serialization failure, deadlock.
+_TRANSIENT_SQLSTATES: Final = frozenset({"57P01", "57P02", "57P03", "57014", "53300", "40001", "40P01"})
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """Whether retrying the same call later may succeed (PITFALLS, "transient errors")."""
+    if isinstance(exc, OSError):  # includes TimeoutError (asyncio's too) from connect/command timeouts
+        return True
+    if isinstance(exc, asyncpg.PostgresError):
+        sqlstate = exc.sqlstate or ""
+        return sqlstate.startswith("08") or sqlstate in _TRANSIENT_SQLSTATES
+    if isinstance(exc, asyncpg.InterfaceError):
+        # asyncpg's client-side errors are misuse (bugs) except this one.
+        return "connection is closed" in str(exc)
+    if isinstance(exc, asyncpg.exceptions.InternalClientError):
+        # A connection the server has just terminated (e.g. pg_terminate_backend)
+        # can fail its next query this way instead of as "connection is closed"
+        # (MagicStack/asyncpg#784, #1069). We never share a connection between
+        # calls, so the state clash can only be that dead connection; the pool
+        # drops it when its reset fails (test_lost_connections_are_replaced).
+        return str(exc).startswith("cannot switch to state")
+    return False
+
+
+def _is_rejected_data(exc: BaseException) -> bool:
+    """A data exception (class 22, including asyncpg's own argument encoding
+    errors) or an integrity constraint violation (class 23)."""
+    return isinstance(exc, asyncpg.PostgresError) and (exc.sqlstate or "")[:2] in {"22", "23"}
+
+
+@contextmanager
+def _store_errors(*, rejectable: bool = False) -> Iterator[None]:
+    """Translate what leaves the block: transient -> StoreUnavailable, data -> WriteRejected.
+
+    Args:
+        rejectable: translate data errors too (for `write` only: elsewhere a
+            data error is a bug of ours).
+    """
+    try:
+        yield
+    except Exception as raised:
+        exc = _sole_leaf(raised)
+        if rejectable and _is_rejected_data(exc):
+            raise WriteRejected(f"PostgreSQL rejected the batch: {_describe(exc)}") from exc
+        if _is_transient(exc):
+            raise StoreUnavailable(f"PostgreSQL is unavailable: {_describe(exc)}") from exc
+        raise
+
+
+def _sole_leaf(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _only_wraps(group: BaseException, target: BaseException) -> bool:
+    """Whether `group` is a chain of one-member groups ending at `target`."""
+    while group is not target and isinstance(group, BaseExceptionGroup) and len(group.exceptions) == 1:
+        group = group.exceptions[0]
+    return group is target
+
+
+def _reraise(exc: BaseException) -> NoReturn:
+    """`raise exc`, keeping its own `__context__` (not the group being handled)."""
+    context = exc.__context__
+    try:
+        raise exc
+    finally:
+        exc.__context__ = context
+        del exc, context
+
+
+def _describe(exc: BaseException) -> str:
+    sqlstate = getattr(exc, "sqlstate", None)
+    return f"{type(exc).__name__}{f' [{sqlstate}]' if sqlstate else ''}: {exc}"
+
+
+# ------------------------------------------------------- admin helpers
+
+_DATABASE_NAME: Final = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+def _quote_database_name(name: str) -> str:
+    """`name` as a quoted SQL identifier, after checking it is a plain lower-case name."""
+    if not isinstance(name, str) or not _DATABASE_NAME.fullmatch(name):
+        raise InvalidArgument("name", f"must match {_DATABASE_NAME.pattern}, got {name!r:.80}")
+    return '"' + name.replace('"', '""') + '"'
+
+
+def database_url(url: str, name: str) -> str:
+    """`url` with its database replaced by `name`, keeping user, host and query.
+
+    Handles the embedded server's form, `postgresql://postgres:@/postgres?host=/dir`,
+    and drops a `database` or `dbname` query parameter, which would override the path.
+    """
+    base, _, query = url.partition("?")
+    scheme, separator, rest = base.partition("://")
+    if not separator:
+        raise InvalidArgument("url", f"must look like postgresql://user@host/database, got {_redact(url)!r}")
+    netloc = rest.split("/", 1)[0]
+    kept = [item for item in query.split("&") if item and item.split("=", 1)[0] not in {"database", "dbname"}]
+    return f"{scheme}://{netloc}/{name}" + (f"?{'&'.join(kept)}" if kept else "")
+
+
+def _redact(url: str) -> str:
+    """`url` without its password, for messages."""
+    return re.sub(r"(://[^:/@?]*:)[^@/?]*@", r"\1***@", url)
+
+
+async def create_database(admin_url: str, name: str) -> str:
+    """Create the database `name` on the server of `admin_url`; return its URL.
+
+    Runs in its own trio-asyncio loop. The name is the only SQL text built
+    from input here (a database name cannot be a bind parameter): it must
+    match `^[a-z_][a-z0-9_]{0,62}$` and is quoted as an identifier.
+
+    Raises:
+        InvalidArgument: `name` is not a plain lower-case name.
+        StoreUnavailable: the server cannot be reached.
+        asyncpg.DuplicateDatabaseError: the database exists.
+    """
+    statement = "CREATE DATABASE " + _quote_database_name(name)
+    async with _asyncio_loop() as loop:
+        with _store_errors():
+            await _run(loop, _aio_execute_once, admin_url, statement)
+    return database_url(admin_url, name)
+
+
+async def drop_database(admin_url: str, name: str) -> None:
+    """Drop the database `name` if it exists, disconnecting its sessions first.
+
+    Raises:
+        InvalidArgument: `name` is not a plain lower-case name.
+        StoreUnavailable: the server cannot be reached.
+    """
+    statement = "DROP DATABASE IF EXISTS " + _quote_database_name(name) + " WITH (FORCE)"
+    async with _asyncio_loop() as loop:
+        with _store_errors():
+            await _run(loop, _aio_execute_once, admin_url, statement)
+
+
+async def apply_migrations_to(url: str, config: RuntimeConfig | None = None) -> list[str]:
+    """Apply pending migrations to the database at `url` (`trio-sessions migrate`).
+
+    Safe to run while runtimes start on the same database: all runners take
+    the same advisory lock.
+
+    Args:
+        url: the database.
+        config: `connect_timeout` is used; defaults when None.
+
+    Returns:
+        The names of the migrations this call applied, in order (empty when
+        the schema was already current).
+
+    Raises:
+        StoreUnavailable: the server cannot be reached.
+    """
+    connect_timeout = (RuntimeConfig() if config is None else config).connect_timeout
+    migrations = load_migrations()
+    async with _asyncio_loop() as loop:
+        with _store_errors():
+            return await _run(loop, _aio_migrate_url, url, migrations, connect_timeout)
+
+
+async def terminate_connections(admin_url: str, name: str) -> int:
+    """Terminate every connection to the database `name` but this one; return how many.
+
+    For tests and operators: it simulates (or forces) the connection loss a
+    server restart causes. The name is a bind parameter here.
+
+    Raises:
+        StoreUnavailable: the server cannot be reached.
+    """
+    async with _asyncio_loop() as loop:
+        with _store_errors():
+            count: int = await _run(loop, _aio_fetchval_once, admin_url, _TERMINATE_CONNECTIONS, name)
+    return count

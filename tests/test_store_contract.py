@@ -1,0 +1,317 @@
+"""The `Store` contract, run against every backend (`MemoryStore`, `PostgresStore`).
+
+`MemoryStore` is the reference behaviour; a backend passes when these tests
+pass on it unchanged. The store is connected in a fixture, so every call here
+comes from another Trio task than the one that connected it (as in the
+runtime, where callers' tasks reach the store).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID, uuid4
+
+import pytest
+import trio
+
+from trio_sessions._model import JsonArray, JsonObject, Message, Note, Session, check_metadata
+from trio_sessions._store import ListQuery, Store, WriteBatch
+
+T0 = datetime(2025, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
+
+
+def make_session(*, created_at: datetime = T0, timeout: float = 1800.0, metadata: Any = None,
+                 **fields: Any) -> Session:
+    """A valid session; keyword arguments override any field."""
+    values: dict[str, Any] = dict(
+        id=uuid4(), user_id="u1", agent="geral", chat_id=None, title=None, state="active",
+        metadata=check_metadata(metadata), notes=(), is_active=True, message_count=0,
+        created_at=created_at, updated_at=created_at, last_activity=created_at,
+        expires_at=created_at + timedelta(seconds=timeout), ended_at=None, end_reason=None,
+        version=1, timeout=timeout,
+    )
+    values.update(fields)
+    return Session(**values)
+
+
+def make_message(seq: int, content: str | None = None, role: str = "user") -> Message:
+    return Message(seq, role, content or f"message {seq}", T0 + timedelta(seconds=seq))
+
+
+async def write(store: Store, sessions: Iterable[Session] = (),
+                messages: Iterable[tuple[UUID, Message]] = (), deletes: Iterable[UUID] = ()) -> None:
+    await store.write(WriteBatch(tuple(sessions), tuple(messages), tuple(deletes)))
+
+
+async def load(store: Store, session_id: UUID, messages: int = 0) -> Session | None:
+    found = await store.load(session_id, messages=messages)
+    return None if found is None else found[0]
+
+
+def query(*, user_id: str | None = None, agent: str | None = None, chat_id: str | None = None,
+          active: bool | None = None, limit: int = 100,
+          after: tuple[datetime, UUID] | None = None) -> ListQuery:
+    return ListQuery(user_id, agent, chat_id, active, limit, after)
+
+
+def newest_first(sessions: Iterable[Session]) -> list[Session]:
+    return sorted(sessions, key=lambda s: (s.created_at, s.id), reverse=True)
+
+
+@pytest.fixture
+async def store(store_factory: Callable[[], Store]) -> AsyncIterator[Store]:
+    store = store_factory()
+    async with store.connect():
+        yield store
+
+
+# ------------------------------------------------------------------ rows
+
+
+async def test_round_trip_of_every_field(store: Store) -> None:
+    full = make_session(
+        user_id="5511999990000", agent="financeiro", chat_id="5511999990000@c.us",
+        title="Fatura de março ✓", state="awaiting_payment",
+        metadata={"nome": "João", "tags": ["ação", "💰", ""], "n": 3, "x": -2.5, "ok": True,
+                  "nada": None, "deep": {"a": [1, [2, {"b": "ç"}]], "empty": {}},
+                  # Numbers jsonb would otherwise turn into ints or round.
+                  "big": 1.5e300, "f16": 1e16, "i20": 10**20, "tiny": 5e-324, "neg": -2.5e-10,
+                  "e+ in a string": "1e+16", 'quote " and \\ escape': "\"1e+16\""},
+        notes=(Note("cliente pediu 2ª via", T0 + timedelta(minutes=1)),
+               Note("pago ✓", T0 + timedelta(minutes=2, microseconds=7))),
+        is_active=False, message_count=3, updated_at=T0 + timedelta(minutes=3),
+        last_activity=T0 + timedelta(minutes=2), ended_at=T0 + timedelta(minutes=3),
+        end_reason="ended", version=7, timeout=90.5,
+    )
+    minimal = make_session()
+    await write(store, [full, minimal])
+
+    for session in (full, minimal):
+        loaded = await load(store, session.id)
+        assert loaded == session
+        assert loaded is not None
+        for name in ("created_at", "updated_at", "last_activity", "expires_at", "ended_at"):
+            value = getattr(loaded, name)
+            assert value is None or value.utcoffset() == timedelta(0), name
+        assert all(note.created_at.utcoffset() == timedelta(0) for note in loaded.notes)
+        assert isinstance(loaded.metadata, JsonObject)
+        with pytest.raises(TypeError):
+            loaded.metadata["new"] = 1
+    loaded_full = await load(store, full.id)
+    assert loaded_full is not None
+    assert isinstance(loaded_full.metadata["tags"], JsonArray)
+    assert isinstance(loaded_full.metadata["deep"]["a"][1][1], JsonObject)
+    assert loaded_full.notes == full.notes and isinstance(loaded_full.notes, tuple)
+    assert isinstance(loaded_full.timeout, float) and isinstance(loaded_full.version, int)
+    for key in ("big", "f16", "tiny", "neg"):
+        assert type(loaded_full.metadata[key]) is float, key
+    assert type(loaded_full.metadata["i20"]) is int
+
+
+async def test_unknown_session_loads_as_none(store: Store) -> None:
+    assert await store.load(uuid4(), messages=10) is None
+    assert await store.load_messages(uuid4(), limit=10, up_to_seq=10) == ()
+
+
+async def test_version_guard_keeps_the_newest_row(store: Store) -> None:
+    v2 = make_session(version=2, title="two")
+    await write(store, [v2])
+
+    await write(store, [dataclasses.replace(v2, version=1, title="older")])
+    assert await load(store, v2.id) == v2
+    await write(store, [dataclasses.replace(v2, title="same version")])
+    assert await load(store, v2.id) == v2
+
+    v3 = dataclasses.replace(v2, version=3, title="three", is_active=False, ended_at=T0,
+                             end_reason="expired", chat_id="c9")
+    await write(store, [v3])
+    assert await load(store, v2.id) == v3
+
+
+async def test_empty_batch_is_a_no_op(store: Store) -> None:
+    await write(store)
+    assert await store.list(query()) == []
+
+
+async def test_data_survives_a_new_store_object(store_factory: Callable[[], Store]) -> None:
+    session = make_session(message_count=1)
+    first = store_factory()
+    async with first.connect():
+        await write(first, [session], [(session.id, make_message(1))])
+    second = store_factory()
+    async with second.connect():
+        assert await second.load(session.id, messages=5) == (session, (make_message(1),))
+
+
+# ------------------------------------------------------------------ messages
+
+
+async def test_message_appends_are_idempotent_and_ordered(store: Store) -> None:
+    session = make_session()
+    sid = session.id
+    await write(store, [session], [(sid, make_message(seq)) for seq in (1, 2, 3)])
+    # A retried flush repeats 2 and 3 (with other content: the first copy stays).
+    await write(store, messages=[(sid, make_message(seq, "retry")) for seq in (2, 3, 4)])
+    # Appends out of order, and a duplicate within one batch.
+    await write(store, messages=[(sid, make_message(6)), (sid, make_message(5, role="assistant")),
+                                 (sid, make_message(7)), (sid, make_message(7, "second copy"))])
+
+    _, messages = await store.load(sid, messages=100) or (None, ())
+    assert messages == (make_message(1), make_message(2), make_message(3), make_message(4, "retry"),
+                        make_message(5, role="assistant"), make_message(6), make_message(7))
+    assert all(m.created_at.utcoffset() == timedelta(0) for m in messages)
+
+
+async def test_messages_without_a_stored_row_are_kept(store: Store) -> None:
+    sid = uuid4()
+    await write(store, messages=[(sid, make_message(1))])
+    assert await store.load_messages(sid, limit=5, up_to_seq=5) == (make_message(1),)
+    assert await store.load(sid, messages=5) is None
+
+
+async def test_load_returns_the_newest_messages_oldest_first(store: Store) -> None:
+    session = make_session(message_count=10)
+    await write(store, [session], [(session.id, make_message(seq)) for seq in range(1, 11)])
+    empty = make_session()
+    await write(store, [empty])
+
+    assert await store.load(session.id, messages=3) == (session, tuple(map(make_message, (8, 9, 10))))
+    assert await store.load(session.id, messages=50) == (session, tuple(map(make_message, range(1, 11))))
+    assert await store.load(session.id, messages=0) == (session, ())
+    assert await store.load(empty.id, messages=50) == (empty, ())
+
+
+@pytest.mark.parametrize(("limit", "up_to_seq", "expected"), [
+    (3, 5, (3, 4, 5)),
+    (10, 2, (1, 2)),
+    (2, 100, (9, 10)),
+    (1, 1, (1,)),
+    (5, 0, ()),
+    (0, 10, ()),
+])
+async def test_load_messages_windows(store: Store, limit: int, up_to_seq: int,
+                                     expected: tuple[int, ...]) -> None:
+    sid = uuid4()
+    await write(store, messages=[(sid, make_message(seq)) for seq in range(1, 11)])
+    loaded = await store.load_messages(sid, limit=limit, up_to_seq=up_to_seq)
+    assert loaded == tuple(map(make_message, expected))
+
+
+# ------------------------------------------------------------------ deletes, deadlines
+
+
+async def test_delete_removes_the_row_and_its_messages(store: Store) -> None:
+    doomed, kept = make_session(), make_session()
+    await write(store, [doomed, kept],
+                [(s.id, make_message(seq)) for s in (doomed, kept) for seq in (1, 2)])
+
+    await write(store, deletes=[doomed.id, uuid4()])  # deleting an unknown id is fine
+    assert await store.load(doomed.id, messages=5) is None
+    assert await store.load_messages(doomed.id, limit=5, up_to_seq=5) == ()
+    assert await store.load(kept.id, messages=5) == (kept, (make_message(1), make_message(2)))
+    assert await store.list(query()) == [kept]
+
+    # Messages flushed in the same batch as the delete go too (deletes apply last).
+    await write(store, messages=[(kept.id, make_message(3))], deletes=[kept.id])
+    assert await store.load_messages(kept.id, limit=5, up_to_seq=5) == ()
+
+
+async def test_live_deadlines_lists_only_active_sessions(store: Store) -> None:
+    a = make_session(timeout=60.0)
+    b = make_session(created_at=T0 + timedelta(hours=1))
+    ended = make_session(is_active=False, ended_at=T0, end_reason="ended")
+    await write(store, [a, b, ended])
+    assert sorted(await store.live_deadlines()) == sorted([(a.id, a.expires_at), (b.id, b.expires_at)])
+
+    await write(store, [dataclasses.replace(b, version=2, is_active=False, end_reason="expired")],
+                deletes=[a.id])
+    assert await store.live_deadlines() == []
+
+
+async def test_concurrent_calls_from_many_tasks(store: Store) -> None:
+    sessions = [make_session(created_at=T0 + timedelta(seconds=i)) for i in range(30)]
+
+    async def write_then_read(session: Session) -> None:
+        await write(store, [session], [(session.id, make_message(1))])
+        assert await store.load(session.id, messages=1) == (session, (make_message(1),))
+
+    async with trio.open_nursery() as nursery:
+        for session in sessions:
+            nursery.start_soon(write_then_read, session)
+    assert await store.list(query()) == newest_first(sessions)
+
+
+# ------------------------------------------------------------------ list
+
+
+def _list_dataset() -> list[Session]:
+    """24 sessions over every user x agent x chat x active, with created_at ties."""
+    combos = itertools.product(("u1", "u2"), ("geral", "max"), (None, "c1", "c2"), (True, False))
+    return [
+        make_session(user_id=user, agent=agent, chat_id=chat, is_active=active,
+                     created_at=T0 + timedelta(minutes=i // 3))  # three sessions per instant
+        for i, (user, agent, chat, active) in enumerate(combos)
+    ]
+
+
+def _expected(sessions: Sequence[Session], q: ListQuery) -> list[Session]:
+    return newest_first(
+        s for s in sessions
+        if q.user_id in (None, s.user_id) and q.agent in (None, s.agent)
+        and q.chat_id in (None, s.chat_id) and q.active in (None, s.is_active)
+        and (q.after is None or (s.created_at, s.id) < q.after)
+    )[: q.limit]
+
+
+async def test_list_with_every_filter_combination(store: Store) -> None:
+    sessions = _list_dataset()
+    await write(store, sessions)
+    middle = newest_first(sessions)[10]
+    cursor = (middle.created_at, middle.id)
+
+    checked = 0
+    for user_id, agent, chat_id, active, after in itertools.product(
+            (None, "u1"), (None, "max"), (None, "c1"), (None, True, False), (None, cursor)):
+        q = query(user_id=user_id, agent=agent, chat_id=chat_id, active=active, after=after)
+        expected = _expected(sessions, q)
+        assert await store.list(q) == expected, q
+        checked += bool(expected)
+    assert checked > 30  # the dataset makes most combinations non-empty
+    assert await store.list(query(user_id="nobody")) == []
+    assert await store.list(query(chat_id="c1", user_id="u2", agent="geral", active=False)) == [
+        s for s in newest_first(sessions)
+        if (s.chat_id, s.user_id, s.agent, s.is_active) == ("c1", "u2", "geral", False)]
+
+
+async def test_keyset_pagination_is_stable_across_ties(store: Store) -> None:
+    # Eleven sessions, eight of them created at the same instant: only the id
+    # orders those, and a page boundary falls inside the tie.
+    sessions = [make_session(created_at=T0 + timedelta(minutes=1 if i < 8 else i)) for i in range(11)]
+    await write(store, sessions)
+
+    pages: list[list[Session]] = []
+    after = None
+    while True:
+        page = await store.list(query(limit=3, after=after))
+        if not page:
+            break
+        pages.append(page)
+        after = (page[-1].created_at, page[-1].id)
+    assert [len(page) for page in pages] == [3, 3, 3, 2]
+    assert [s for page in pages for s in page] == newest_first(sessions)
+
+
+async def test_list_respects_the_limit(store: Store) -> None:
+    sessions = [make_session(created_at=T0 + timedelta(seconds=i)) for i in range(5)]
+    await write(store, sessions)
+    assert await store.list(query(limit=1)) == newest_first(sessions)[:1]
+    assert await store.list(query(limit=4)) == newest_first(sessions)[:4]
+    assert await store.list(query(limit=50)) == newest_first(sessions)
+
+
+async def test_health_check(store: Store) -> None:
+    await store.health_check()
