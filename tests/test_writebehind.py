@@ -9,7 +9,8 @@ import trio
 import trio.testing
 
 from trio_sessions import (
-    MemoryStore, RuntimeConfig, Store, StoreUnavailable, WriteRejected, open_runtime,
+    MemoryStore, RuntimeConfig, SessionNotFound, Store, StoreUnavailable, WriteRejected,
+    open_runtime,
 )
 from trio_sessions._store import WriteBatch
 
@@ -146,3 +147,45 @@ async def test_exit_with_the_store_down_reports_what_was_not_flushed(
         async with open_runtime(config, store=store) as rt:
             for _ in range(3):
                 await rt.create("u", "max")
+
+
+async def _execute(url: str, sql: str) -> None:
+    """Run one statement of test set-up on a real PostgreSQL (asyncpg under trio-asyncio)."""
+    import asyncpg
+    import trio_asyncio
+
+    async with trio_asyncio.open_loop() as loop:
+        connection = await trio_asyncio.aio_as_trio(asyncpg.connect, loop=loop)(url)
+        try:
+            await trio_asyncio.aio_as_trio(connection.execute, loop=loop)(sql)
+        finally:
+            await trio_asyncio.aio_as_trio(connection.close, loop=loop)()
+
+
+async def test_a_row_the_database_refuses_is_isolated(postgres_url: str) -> None:
+    from trio_sessions import PostgresStore
+    from trio_sessions._postgres import apply_migrations_to
+
+    await apply_migrations_to(postgres_url)
+    # A rule of the database the runtime cannot know: it refuses one title for good.
+    await _execute(postgres_url, "ALTER TABLE sessions ADD CONSTRAINT no_poison"
+                                 " CHECK (title IS DISTINCT FROM 'poison')")
+    store = PostgresStore(postgres_url)
+    config = RuntimeConfig(flush_interval=3600.0)
+    async with open_runtime(config, store=store) as rt:
+        good = [await rt.create("u", "max", title=f"ok {i}") for i in range(9)]
+        bad = await rt.create("u", "max", title="poison")
+        good.append(await rt.append_message(good[0].id, "user", "still written"))
+        await rt.flush()  # one batch of ten sessions, one of them refused
+        assert rt.metrics().rejected_rows == 1
+        with pytest.raises(WriteRejected):
+            await rt.create("u", "geral", title="poison", durable=True)
+        later = await rt.create("u", "geral", title="fine", durable=True)  # still flowing
+        assert rt.metrics().rejected_rows == 2
+        with pytest.raises(SessionNotFound):  # refused for good: it exists nowhere
+            await rt.get(bad.id)
+    async with open_runtime(config, store=PostgresStore(postgres_url)) as rt:
+        stored = {s.id: s for s in (await rt.list(user_id="u", limit=100)).items}
+    assert bad.id not in stored
+    assert [stored[s.id] for s in good[1:9]] == good[1:9]
+    assert stored[good[0].id] == good[-1] and stored[later.id] == later
