@@ -8,6 +8,7 @@ from datetime import timedelta
 import pytest
 import trio
 import trio.testing
+from trio.testing import MockClock
 
 from trio_sessions import MemoryStore, RuntimeConfig, SessionInactive, open_runtime
 from trio_sessions._expiry import DeadlineQueue
@@ -77,7 +78,7 @@ def test_discard_and_extend() -> None:
     assert queue.pop_due(10.0) == [a, c]
 
 
-async def test_wait_due_wakes_early_for_an_earlier_deadline(autojump_clock: trio.testing.MockClock) -> None:
+async def test_wait_due_wakes_early_for_an_earlier_deadline(autojump_clock: MockClock) -> None:
     queue = DeadlineQueue()
     a, b = ids(2)
     queue.push(a, trio.current_time() + 100.0)
@@ -102,7 +103,7 @@ def config(**changes: object) -> RuntimeConfig:
     return RuntimeConfig(session_timeout=MINUTE, flush_interval=1.0, **changes)  # type: ignore[arg-type]
 
 
-async def test_session_expires_exactly_at_its_deadline(autojump_clock: trio.testing.MockClock) -> None:
+async def test_session_expires_exactly_at_its_deadline(autojump_clock: MockClock) -> None:
     async with open_runtime(config(), store=MemoryStore()) as rt:
         async with rt.subscribe() as events:
             start = trio.current_time()
@@ -120,7 +121,7 @@ async def test_session_expires_exactly_at_its_deadline(autojump_clock: trio.test
         assert rt.metrics().live_sessions == 0
 
 
-async def test_activity_slides_the_deadline(autojump_clock: trio.testing.MockClock) -> None:
+async def test_activity_slides_the_deadline(autojump_clock: MockClock) -> None:
     async with open_runtime(config(), store=MemoryStore()) as rt:
         start = trio.current_time()
         session = await rt.create("u1", "max")
@@ -137,7 +138,7 @@ async def test_activity_slides_the_deadline(autojump_clock: trio.testing.MockClo
         assert trio.current_time() == pytest.approx(start + 95.0 + MINUTE, abs=1e-6)
 
 
-async def test_non_activity_changes_do_not_slide(autojump_clock: trio.testing.MockClock) -> None:
+async def test_non_activity_changes_do_not_slide(autojump_clock: MockClock) -> None:
     async with open_runtime(config(), store=MemoryStore()) as rt:
         start = trio.current_time()
         session = await rt.create("u1", "max")
@@ -151,7 +152,7 @@ async def test_non_activity_changes_do_not_slide(autojump_clock: trio.testing.Mo
         assert trio.current_time() == pytest.approx(start + MINUTE, abs=1e-6)
 
 
-async def test_expired_session_is_never_revived(autojump_clock: trio.testing.MockClock) -> None:
+async def test_expired_session_is_never_revived(autojump_clock: MockClock) -> None:
     async with open_runtime(config(), store=MemoryStore()) as rt:
         session = await rt.create("u1", "max", timeout=5.0)
         await trio.sleep_until(rt.clock.to_trio(session.expires_at))  # to the microsecond
@@ -165,7 +166,7 @@ async def test_expired_session_is_never_revived(autojump_clock: trio.testing.Moc
         assert len(await rt.context(session.id)) == 0
 
 
-async def test_overdue_call_expires_before_the_expiry_task_runs(autojump_clock: trio.testing.MockClock) -> None:
+async def test_overdue_call_expires_before_the_expiry_task_runs(autojump_clock: MockClock) -> None:
     # Even if the expiry task has not run yet, a session is never used past its deadline.
     async with open_runtime(config(), store=MemoryStore()) as rt:
         session = await rt.create("u1", "max", timeout=5.0)
@@ -176,7 +177,7 @@ async def test_overdue_call_expires_before_the_expiry_task_runs(autojump_clock: 
         assert (await rt.get(session.id)).end_reason == "expired"
 
 
-async def test_cleanup_old_sessions_counts_what_it_expired(autojump_clock: trio.testing.MockClock) -> None:
+async def test_cleanup_old_sessions_counts_what_it_expired(autojump_clock: MockClock) -> None:
     async with open_runtime(config(max_resident=3), store=MemoryStore()) as rt:
         rt._background.cancel()  # cleanup alone decides
         due = [await rt.create(f"u{i}", "geral", timeout=10.0) for i in range(6)]
@@ -192,7 +193,7 @@ async def test_cleanup_old_sessions_counts_what_it_expired(autojump_clock: trio.
         assert rt.metrics().live_sessions == 1
 
 
-async def test_restart_expires_what_fell_due_while_nothing_ran(autojump_clock: trio.testing.MockClock) -> None:
+async def test_restart_expires_what_fell_due_while_nothing_ran(autojump_clock: MockClock) -> None:
     store = MemoryStore()
     async with open_runtime(config(), store=store) as rt:
         short = await rt.create("u1", "geral", timeout=10.0)
@@ -214,7 +215,7 @@ async def test_restart_expires_what_fell_due_while_nothing_ran(autojump_clock: t
         assert trio.current_time() - start == pytest.approx(1000.0 - 20.0, abs=1e-5)
 
 
-async def test_expiry_of_a_passivated_session(autojump_clock: trio.testing.MockClock) -> None:
+async def test_expiry_of_a_passivated_session(autojump_clock: MockClock) -> None:
     async with open_runtime(config(passivate_after=5.0), store=MemoryStore()) as rt:
         session = await rt.create("u1", "geral")
         await rt.update_last_activity(session.id)

@@ -12,8 +12,15 @@ import trio
 import trio.testing
 
 from trio_sessions import (
-    MemoryStore, RuntimeClosed, RuntimeConfig, Session, SessionInactive, SessionNotFound, Store,
-    VersionConflict, open_runtime,
+    MemoryStore,
+    RuntimeClosed,
+    RuntimeConfig,
+    Session,
+    SessionInactive,
+    SessionNotFound,
+    Store,
+    VersionConflict,
+    open_runtime,
 )
 
 StoreFactory = Callable[[], Store]

@@ -7,9 +7,15 @@ from collections.abc import Callable
 import pytest
 import trio
 import trio.testing
+from trio.testing import MockClock
 
 from trio_sessions import (
-    MemoryStore, RuntimeConfig, SessionNotFound, Store, StoreUnavailable, WriteRejected,
+    MemoryStore,
+    RuntimeConfig,
+    SessionNotFound,
+    Store,
+    StoreUnavailable,
+    WriteRejected,
     open_runtime,
 )
 from trio_sessions._store import WriteBatch
@@ -23,10 +29,12 @@ class RecordingStore(MemoryStore):
     def __init__(self) -> None:
         super().__init__()
         self.batches: list[WriteBatch] = []
+        self.written = trio.Event()
 
     async def write(self, batch: WriteBatch) -> None:
         self.batches.append(batch)
         await super().write(batch)
+        self.written.set()
 
 
 class OutageStore(MemoryStore):
@@ -46,7 +54,7 @@ class OutageStore(MemoryStore):
         await super().write(batch)
 
 
-async def test_rows_coalesce_and_messages_keep_their_order(autojump_clock: trio.testing.MockClock) -> None:
+async def test_rows_coalesce_and_messages_keep_their_order(autojump_clock: MockClock) -> None:
     store = RecordingStore()
     async with open_runtime(RuntimeConfig(flush_interval=1.0), store=store) as rt:
         session = await rt.create("u", "geral")
@@ -62,17 +70,17 @@ async def test_rows_coalesce_and_messages_keep_their_order(autojump_clock: trio.
         assert rt.metrics().flushed_sessions == 1 and rt.metrics().flushed_messages == 20
 
 
-async def test_a_change_reaches_the_store_within_flush_interval(autojump_clock: trio.testing.MockClock) -> None:
+async def test_a_change_reaches_the_store_within_flush_interval(autojump_clock: MockClock) -> None:
     store = RecordingStore()
     async with open_runtime(RuntimeConfig(flush_interval=0.5), store=store) as rt:
         session = await rt.create("u", "geral")
         acknowledged = trio.current_time()
-        while (await store.load(session.id, messages=0)) is None:
-            await trio.sleep(0.01)
-        assert trio.current_time() - acknowledged <= 0.5 + 1e-9
+        await store.written.wait()
+        assert trio.current_time() - acknowledged == pytest.approx(0.5)
+        assert (await store.load(session.id, messages=0))[0] == session  # type: ignore[index]
 
 
-async def test_a_full_batch_flushes_without_waiting(autojump_clock: trio.testing.MockClock) -> None:
+async def test_a_full_batch_flushes_without_waiting(autojump_clock: MockClock) -> None:
     store = RecordingStore()
     async with open_runtime(RuntimeConfig(flush_interval=3600.0, flush_batch=10), store=store) as rt:
         start = trio.current_time()
@@ -83,7 +91,7 @@ async def test_a_full_batch_flushes_without_waiting(autojump_clock: trio.testing
         assert trio.current_time() == start  # no timer was needed
 
 
-async def test_transient_failures_are_retried_and_nothing_is_lost(autojump_clock: trio.testing.MockClock) -> None:
+async def test_transient_failures_are_retried_and_nothing_is_lost(autojump_clock: MockClock) -> None:
     store = OutageStore(failures=6)
     config = RuntimeConfig(flush_interval=0.1, retry_initial_delay=0.1, retry_max_delay=1.0)
     async with open_runtime(config, store=store) as rt:
@@ -97,7 +105,7 @@ async def test_transient_failures_are_retried_and_nothing_is_lost(autojump_clock
         assert (await store.load(session.id, messages=5))[0] == session  # type: ignore[index]
 
 
-async def test_backoff_grows_exponentially_with_jitter(autojump_clock: trio.testing.MockClock) -> None:
+async def test_backoff_grows_exponentially_with_jitter(autojump_clock: MockClock) -> None:
     store = OutageStore(failures=5)
     config = RuntimeConfig(flush_interval=0.1, retry_initial_delay=1.0, retry_max_delay=4.0)
     async with open_runtime(config, store=store) as rt:
@@ -140,7 +148,7 @@ async def test_full_buffer_makes_writers_wait_and_drops_nothing() -> None:
 
 
 async def test_exit_with_the_store_down_reports_what_was_not_flushed(
-        autojump_clock: trio.testing.MockClock) -> None:
+        autojump_clock: MockClock) -> None:
     store = OutageStore(failures=10**9)
     config = RuntimeConfig(flush_interval=0.1, shutdown_timeout=5.0)
     with pytest.raises(StoreUnavailable, match="3 acknowledged writes"):

@@ -119,7 +119,7 @@ class Reply:
     abort marks the command abandoned so the actor skips it.
     """
 
-    __slots__ = ("value", "error", "done", "abandoned", "waiter", "_task")
+    __slots__ = ("_task", "abandoned", "done", "error", "value", "waiter")
 
     def __init__(self) -> None:
         self.value: Any = None
@@ -190,8 +190,19 @@ class Supervisor(Protocol):
 class SessionActor:
     """The task that owns one resident session. Only the runtime creates these."""
 
-    __slots__ = ("id", "send", "session", "deadline", "messages", "last_used", "stopped",
-                 "_receive", "_sup", "_predecessor", "_deleted")
+    __slots__ = (
+        "_deleted",
+        "_predecessor",
+        "_receive",
+        "_sup",
+        "deadline",
+        "id",
+        "last_used",
+        "messages",
+        "send",
+        "session",
+        "stopped",
+    )
 
     def __init__(self, session_id: UUID, supervisor: Supervisor,
                  predecessor: SessionActor | None, now: float) -> None:
@@ -247,8 +258,10 @@ class SessionActor:
     async def _refuse_all(self, exc: SessionError) -> None:
         self._sup.retire(self)
         async for _, reply in self._receive:
-            fresh = SessionNotFound(self.id) if isinstance(exc, SessionNotFound) else StoreUnavailable(str(exc))
-            reply.settle(None, fresh)
+            if isinstance(exc, SessionNotFound):
+                reply.settle(None, SessionNotFound(self.id))
+            else:
+                reply.settle(None, StoreUnavailable(str(exc)))
 
     async def _load(self) -> None:
         """State comes from the write-behind buffer first, then from the store."""

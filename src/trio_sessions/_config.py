@@ -122,9 +122,8 @@ class RuntimeConfig:
         if not isinstance(table, dict):
             raise InvalidArgument("trio_sessions", "must be a TOML table")
         _check_names(table, os.fspath(path))
-        values = {name: float(v) if _field_type(name) is float and isinstance(v, int) else v
-                  for name, v in table.items()}
-        return cls(**values)
+        values: dict[str, Any] = table
+        return cls(**values)  # validation converts ints given for durations
 
     def resolved_data_dir(self) -> Path:
         """The embedded server's data folder: `data_dir`, else under XDG_DATA_HOME."""

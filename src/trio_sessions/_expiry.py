@@ -24,7 +24,7 @@ _Key = tuple[float, int, UUID]
 
 
 class _Entry:
-    __slots__ = ("key", "deadline")
+    __slots__ = ("deadline", "key")
 
     def __init__(self, key: _Key, deadline: float) -> None:
         self.key = key  # where the session sits in the sorted list
@@ -34,10 +34,10 @@ class _Entry:
 class DeadlineQueue:
     """Deadlines (Trio times) of live sessions, earliest first, with lazy re-keying."""
 
-    __slots__ = ("_order", "_entries", "_tie", "_sleeper")
+    __slots__ = ("_entries", "_order", "_sleeper", "_tie")
 
     def __init__(self) -> None:
-        self._order: SortedList = SortedList()
+        self._order: SortedList[_Key] = SortedList()
         self._entries: dict[UUID, _Entry] = {}
         self._tie = itertools.count()
         self._sleeper: trio.CancelScope | None = None

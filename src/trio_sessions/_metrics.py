@@ -22,7 +22,7 @@ _BUCKETS: Final = 40 * _STEPS_PER_OCTAVE
 class LatencyHistogram:
     """Counts latencies in log-spaced buckets; quantiles are accurate to a bucket's width."""
 
-    __slots__ = ("count", "errors", "max", "_buckets")
+    __slots__ = ("_buckets", "count", "errors", "max")
 
     def __init__(self) -> None:
         self.count = 0
@@ -48,7 +48,7 @@ class LatencyHistogram:
         for index, n in enumerate(self._buckets):
             seen += n
             if seen >= rank:
-                edge = _FLOOR * 2.0 ** (index / _STEPS_PER_OCTAVE)
+                edge: float = _FLOOR * 2.0 ** (index / _STEPS_PER_OCTAVE)
                 return min(edge, self.max)
         return self.max  # pragma: no cover - ranks never exceed the count
 

@@ -37,7 +37,7 @@ class JsonObject(dict[str, Any]):
         raise TypeError("session metadata is read-only; pass new metadata to update()")
 
     __setitem__ = __delitem__ = __ior__ = _readonly
-    clear = pop = popitem = setdefault = update = _readonly  # type: ignore[assignment]
+    clear = pop = popitem = setdefault = update = _readonly
 
     def __hash__(self) -> int:  # type: ignore[override]
         raise TypeError("unhashable type: 'JsonObject'")
@@ -54,8 +54,8 @@ class JsonArray(list[Any]):
     def _readonly(self, *args: object, **kwargs: object) -> NoReturn:
         raise TypeError("session metadata is read-only; pass new metadata to update()")
 
-    __setitem__ = __delitem__ = __iadd__ = __imul__ = _readonly  # type: ignore[assignment]
-    append = extend = insert = pop = remove = clear = sort = reverse = _readonly  # type: ignore[assignment]
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _readonly
+    append = extend = insert = pop = remove = clear = sort = reverse = _readonly
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (JsonArray, (list(self),))

@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
-import math
 import os
 import random
 import time
@@ -31,8 +30,19 @@ from loguru import logger
 
 from . import _model as model
 from ._actor import (
-    NO_REPLY, AddNote, AppendMessage, Command, Context, Delete, End, Expire, Read, Reply,
-    SessionActor, Touch, Update,
+    NO_REPLY,
+    AddNote,
+    AppendMessage,
+    Command,
+    Context,
+    Delete,
+    End,
+    Expire,
+    Read,
+    Reply,
+    SessionActor,
+    Touch,
+    Update,
 )
 from ._clock import Clock
 from ._config import RuntimeConfig
@@ -303,9 +313,11 @@ class SessionRuntime:
     # ------------------------------------------------------------ public API
 
     @_measured("create")
-    async def create(self, user_id: str, agent: str, *, chat_id: str | None = None,
+    async def create(
+            self, user_id: str, agent: str, *, chat_id: str | None = None,
                      title: str | None = None, state: str = "active",
-                     metadata: Mapping[str, Any] | None = None, timeout: float | None = None,
+                     metadata: Mapping[str, Any] | None = None,
+                     timeout: float | None = None,  # noqa: ASYNC109 - the session's, not the call's
                      durable: bool = False) -> Session:
         """Start a session for `user_id` with `agent`.
 
@@ -326,7 +338,7 @@ class SessionRuntime:
         """
         timeout_s = self.config.session_timeout if timeout is None else model.check_seconds(
             "timeout", timeout, high=model.MAX_TIMEOUT)
-        fields = dict(
+        fields: dict[str, Any] = dict(
             user_id=model.check_text("user_id", user_id, max_chars=model.MAX_ID_CHARS),
             agent=model.check_text("agent", agent, max_chars=model.MAX_NAME_CHARS),
             chat_id=model.check_optional_text("chat_id", chat_id, max_chars=model.MAX_ID_CHARS),

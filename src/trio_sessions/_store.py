@@ -39,14 +39,15 @@ class WriteBatch:
         """Two halves by session id (messages follow their session), to isolate a bad row."""
         ids = [s.id for s in self.sessions] + list(self.deletes)
         first = set(ids[: len(ids) // 2])
-        halves = []
-        for keep in (lambda i: i in first, lambda i: i not in first):
-            halves.append(WriteBatch(
-                tuple(s for s in self.sessions if keep(s.id)),
-                tuple(m for m in self.messages if keep(m[0])),
-                tuple(d for d in self.deletes if keep(d)),
-            ))
-        return halves[0], halves[1]
+
+        def half(in_first: bool) -> WriteBatch:
+            return WriteBatch(
+                tuple(s for s in self.sessions if (s.id in first) == in_first),
+                tuple(m for m in self.messages if (m[0] in first) == in_first),
+                tuple(d for d in self.deletes if (d in first) == in_first),
+            )
+
+        return half(True), half(False)
 
     def __len__(self) -> int:
         return len(self.sessions) + len(self.messages) + len(self.deletes)

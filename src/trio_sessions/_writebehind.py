@@ -54,7 +54,7 @@ class DurableWaiter:
 class _Entry:
     """One session's buffered changes: its newest row, or a deletion, and new messages."""
 
-    __slots__ = ("session_id", "row", "messages", "deleted", "ticket", "since", "waiters", "settled")
+    __slots__ = ("deleted", "messages", "row", "session_id", "settled", "since", "ticket", "waiters")
 
     def __init__(self, session_id: UUID, ticket: int, since: float) -> None:
         self.session_id = session_id
@@ -276,9 +276,9 @@ class WriteBehind:
 
 
 def _batch_of(entries: Iterable[_Entry]) -> WriteBatch:
-    sessions = []
-    messages = []
-    deletes = []
+    sessions: list[Session] = []
+    messages: list[tuple[UUID, Message]] = []
+    deletes: list[UUID] = []
     for entry in entries:
         if entry.deleted:
             deletes.append(entry.session_id)
