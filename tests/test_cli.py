@@ -1,0 +1,105 @@
+"""The `trio-sessions` command: the demo and its final check, and `migrate`."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import sys
+from collections.abc import Iterator
+
+import pytest
+from loguru import logger
+
+from trio_sessions import RuntimeConfig, open_runtime
+from trio_sessions._cli import (
+    DemoOptions,
+    Ledger,
+    _is_interrupt,
+    check_store,
+    main,
+    parse_args,
+    run_demo,
+    run_migrate,
+)
+from trio_sessions._model import Message
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """main() configures loguru for the whole process, as an application does; undo it."""
+    yield
+    logger.remove()
+    logger.add(sys.stderr)
+    logger.disable("trio_sessions")
+
+
+async def test_demo_expires_sessions_and_its_check_passes(
+        postgres_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    args = parse_args(["demo", "--duration", "4", "--users", "30", "--timeout", "1.5", "--seed", "7"])
+    options = DemoOptions.from_args(args)
+    assert options == DemoOptions(duration=4.0, users=30, timeout=1.5, seed=7)
+
+    code = await run_demo(options, postgres_url)
+
+    out = capsys.readouterr().out
+    assert code == 0, out
+    summary = re.search(r"sessions\s+created ([\d,]+), expired ([\d,]+), ended ([\d,]+)", out)
+    assert summary is not None, out
+    created, expired, ended = (int(group.replace(",", "")) for group in summary.groups())
+    assert created > 30 and expired > 0 and ended > 0, out
+    assert re.search(r"update_last_activity p50 [\d.]+ ms, p99 [\d.]+ ms", out), out
+    assert re.search(rf"^check passed: {created:,} sessions, [\d,]+ messages match$", out, re.M), out
+
+
+async def test_demo_check_reports_what_postgres_lacks(postgres_url: str) -> None:
+    """The check is not vacuous: a change the database lacks is reported."""
+    config = RuntimeConfig(database_url=postgres_url)
+    ledger = Ledger()
+    async with open_runtime(config) as rt:
+        session = ledger.created_session(await rt.create("u", "financeiro"))
+        ledger.appended(await rt.append_message(session.id, "user", "oi"), "user", "oi")
+    assert await check_store(postgres_url, config, ledger) == []
+
+    newest = ledger.newest[session.id]
+    ledger.observe(dataclasses.replace(newest, state="resolved", version=newest.version + 1))
+    ledger.messages[session.id].append(Message(2, "assistant", "olá", newest.last_activity))
+    problems = await check_store(postgres_url, config, ledger)
+
+    assert sorted(problems) == [
+        f"session {session.id}: 1 messages stored, 2 acknowledged; first difference at position 2",
+        f"session {session.id}: stored row differs (acknowledged -> stored): "
+        "state: 'resolved' -> 'active'; version: 3 -> 2",
+    ]
+
+
+def test_migrate_needs_database_url(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                                   restore_logging: None) -> None:
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    assert main(["migrate"]) == 2
+    captured = capsys.readouterr()
+    assert "DATABASE_URL is not set" in captured.err
+    assert captured.out == ""
+
+
+async def test_migrate_applies_the_schema_once(postgres_url: str,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    assert await run_migrate(postgres_url) == 0
+    assert capsys.readouterr().out == "applied 1 migrations: 0001_initial.sql\n"
+    assert await run_migrate(postgres_url) == 0
+    assert capsys.readouterr().out == "the schema is up to date; nothing to apply\n"
+
+
+@pytest.mark.parametrize("flags", [["--users", "0"], ["--duration", "-1"], ["--timeout", "nan"],
+                                   ["--users", "many"]])
+def test_demo_rejects_bad_flags(flags: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(["demo", *flags])
+    assert exit_.value.code == 2
+    assert f"argument {flags[0]}" in capsys.readouterr().err
+
+
+def test_ctrl_c_is_recognised_through_nursery_groups() -> None:
+    nested = BaseExceptionGroup("outer", [BaseExceptionGroup("inner", [KeyboardInterrupt()])])
+    assert _is_interrupt(KeyboardInterrupt()) and _is_interrupt(nested)
+    assert not _is_interrupt(BaseExceptionGroup("mixed", [KeyboardInterrupt(), ValueError()]))
+    assert not _is_interrupt(ExceptionGroup("other", [ValueError()]))
