@@ -11,6 +11,7 @@ from trio.testing import MockClock
 
 from trio_sessions import (
     MemoryStore,
+    Overloaded,
     RuntimeConfig,
     SessionNotFound,
     Store,
@@ -197,3 +198,25 @@ async def test_a_row_the_database_refuses_is_isolated(postgres_url: str) -> None
     assert bad.id not in stored
     assert [stored[s.id] for s in good[1:9]] == good[1:9]
     assert stored[good[0].id] == good[-1] and stored[later.id] == later
+
+
+async def test_call_timeout_turns_a_stuck_call_into_overloaded(autojump_clock: MockClock) -> None:
+    gate = trio.Event()
+
+    class GatedStore(MemoryStore):
+        async def write(self, batch: WriteBatch) -> None:
+            await gate.wait()
+            await super().write(batch)
+
+    config = RuntimeConfig(flush_interval=0.01, max_pending=2, call_timeout=1.5)
+    async with open_runtime(config, store=GatedStore()) as rt:
+        a = await rt.create("u", "max")
+        await rt.create("u", "max")  # full, and the flush is stuck
+        start = trio.current_time()
+        with pytest.raises(Overloaded, match="call_timeout"):
+            await rt.update(a.id, title="never")
+        with pytest.raises(Overloaded, match="call_timeout"):
+            await rt.create("u", "max")
+        assert trio.current_time() - start == pytest.approx(3.0)
+        gate.set()
+        assert await rt.get(a.id) == a  # the abandoned update was not applied

@@ -59,6 +59,9 @@ class RuntimeConfig:
     read_attempts: int = 3
     #: Time allowed to flush and close on exit before giving up with `StoreUnavailable`.
     shutdown_timeout: float = 30.0
+    #: A call not applied within this time (full mailbox or buffer, slow activation)
+    #: is abandoned and raises `Overloaded`; None waits as long as it takes.
+    call_timeout: float | None = None
     #: Warn when buffered writes pass this fraction of `max_pending`.
     alert_pending_fraction: float = 0.8
     #: Warn after this many consecutive failed flushes.
@@ -67,6 +70,8 @@ class RuntimeConfig:
     def __post_init__(self) -> None:
         check_optional_text("database_url", self.database_url, max_chars=4096)
         check_optional_text("data_dir", self.data_dir, max_chars=4096)
+        if self.call_timeout is not None:
+            object.__setattr__(self, "call_timeout", check_seconds("call_timeout", self.call_timeout))
         set_ = object.__setattr__  # normalise ints given for float fields
         for name in ("session_timeout", "passivate_after", "flush_interval", "connect_timeout",
                      "command_timeout", "max_inactive_connection_lifetime", "retry_initial_delay",
@@ -133,7 +138,7 @@ class RuntimeConfig:
         return Path(base) / "trio-sessions" / "postgres"
 
 
-_FIELD_TYPES = {"str | None": str, "float": float, "int": int}
+_FIELD_TYPES = {"str | None": str, "float": float, "float | None": float, "int": int}
 
 
 def _field_type(name: str) -> type:
@@ -156,4 +161,5 @@ def _parse(key: str, text: str, kind: type) -> Any:
     try:
         return kind(text)
     except ValueError:
-        raise InvalidArgument(key, f"must be a {kind.__name__}, got {text!r:.80}") from None
+        article = "an" if kind is int else "a"
+        raise InvalidArgument(key, f"must be {article} {kind.__name__}, got {text!r:.80}") from None

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import math
 import os
 import random
 import time
@@ -46,7 +47,7 @@ from ._actor import (
 )
 from ._clock import Clock
 from ._config import RuntimeConfig
-from ._errors import InvalidArgument, RuntimeClosed, SessionNotFound, StoreUnavailable
+from ._errors import InvalidArgument, Overloaded, RuntimeClosed, SessionNotFound, StoreUnavailable
 from ._expiry import DeadlineQueue
 from ._metrics import Counters, MetricsSnapshot
 from ._model import Message, Page, Session, SessionEvent
@@ -253,9 +254,29 @@ class SessionRuntime:
         return actor
 
     async def _call(self, session_id: UUID, command: Command) -> Any:
-        """Send a command to the session's actor (activating it) and wait for the answer."""
+        """Send a command to the session's actor (activating it) and wait for the answer.
+
+        With `call_timeout` set, a command not applied in time is abandoned and
+        the call raises `Overloaded`; the commit wait of `durable=True` is not
+        part of that time.
+        """
         self._check_open()
         reply = Reply()
+        timeout = self.config.call_timeout
+        if timeout is None:
+            await self._deliver(session_id, command, reply)
+            value = await reply.wait()
+        else:
+            with trio.move_on_after(timeout) as scope:
+                await self._deliver(session_id, command, reply)
+                value = await reply.wait()
+            if scope.cancelled_caught:
+                raise Overloaded(f"{type(command).__name__} not applied within call_timeout={timeout}s")
+        if reply.waiter is not None:
+            await reply.waiter.wait()
+        return value
+
+    async def _deliver(self, session_id: UUID, command: Command, reply: Reply) -> None:
         while True:
             actor = self._actors.get(session_id)
             if actor is None:
@@ -273,11 +294,7 @@ class SessionRuntime:
                     continue
             except trio.ClosedResourceError:  # pragma: no cover - retired actors leave the registry
                 continue
-            break
-        value = await reply.wait()
-        if reply.waiter is not None:
-            await reply.waiter.wait()
-        return value
+            return
 
     async def _send_expire(self, session_id: UUID, reply: Reply) -> None:
         while True:
@@ -349,7 +366,12 @@ class SessionRuntime:
         model.check_bool("durable", durable)
         self._check_open()
         await trio.lowlevel.checkpoint()
-        await self.writebehind.wait_for_room()
+        if not self.writebehind.has_room():
+            timeout = self.config.call_timeout
+            with trio.move_on_after(math.inf if timeout is None else timeout):
+                await self.writebehind.wait_for_room()
+            if not self.writebehind.has_room():
+                raise Overloaded(f"create not applied within call_timeout={timeout}s")
         self._check_open()
         # From here to the record there is no checkpoint: the creation is atomic.
         now = self.clock.now()
