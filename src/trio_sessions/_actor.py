@@ -256,12 +256,17 @@ class SessionActor:
             reply.settle(value)
 
     async def _refuse_all(self, exc: SessionError) -> None:
-        self._sup.retire(self)
-        async for _, reply in self._receive:
+        sup = self._sup
+        sup.retire(self)
+        async for command, reply in self._receive:
             if isinstance(exc, SessionNotFound):
                 reply.settle(None, SessionNotFound(self.id))
-            else:
-                reply.settle(None, StoreUnavailable(str(exc)))
+                continue
+            if isinstance(command, Expire):
+                # The store could not be read, so the session may still be live
+                # and due: try again later rather than forget its deadline.
+                sup.deadlines.touch(self.id, sup.clock.now() + sup.config.retry_max_delay)
+            reply.settle(None, StoreUnavailable(str(exc)))
 
     async def _load(self) -> None:
         """State comes from the write-behind buffer first, then from the store."""
@@ -290,11 +295,12 @@ class SessionActor:
             self.messages.extend(buffered)
         self.session = row
         if row.is_active:
-            deadline = sup.deadlines.deadline(self.id)
-            if deadline is None:
-                deadline = sup.clock.to_trio(row.expires_at)
-                sup.deadlines.push(self.id, deadline)
-            self.deadline = deadline
+            # The deadline is exactly what the stored expires_at reads back as
+            # (see Clock.deadline_after); queue it if the queue lacks it or
+            # holds it later (a retry after a failed load).
+            self.deadline = sup.clock.to_trio(row.expires_at)
+            if sup.deadlines.deadline(self.id) != self.deadline:
+                sup.deadlines.touch(self.id, self.deadline)
 
     # ------------------------------------------------------------ handlers
 

@@ -11,8 +11,13 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Final
 
 import trio
+import trio.testing
+
+#: Under `trio.testing.MockClock`, Trio time 0 is this wall time (2024-01-01T00:00:00Z).
+VIRTUAL_EPOCH: Final = 1_704_067_200.0
 
 # Per-run, not global: a RunVar lives and dies with its trio.run.
 _WALL_OFFSET: trio.lowlevel.RunVar[float] = trio.lowlevel.RunVar("trio_sessions.wall_offset")
@@ -27,7 +32,12 @@ class Clock:
         try:
             self._offset = _WALL_OFFSET.get()
         except LookupError:
-            self._offset = time.time() - trio.current_time()
+            if isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock):
+                # Virtual time gets a fixed calendar, so a test replays exactly,
+                # timestamps (and their rounding) included.
+                self._offset = VIRTUAL_EPOCH
+            else:
+                self._offset = time.time() - trio.current_time()
             _WALL_OFFSET.set(self._offset)
 
     def now(self) -> float:

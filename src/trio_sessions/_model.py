@@ -26,6 +26,9 @@ MAX_NOTE_CHARS: Final = 10_000
 MAX_METADATA_BYTES: Final = 64 * 1024
 MAX_METADATA_DEPTH: Final = 32
 MAX_TIMEOUT: Final = 366 * 24 * 3600.0
+MIN_SECONDS: Final = 1e-6
+#: Integers in metadata must fit 64 bits (JSON consumers lose precision beyond).
+MAX_JSON_INT: Final = 2**63 - 1
 
 
 class JsonObject(dict[str, Any]):
@@ -138,6 +141,14 @@ def _fail(field: str, problem: str) -> NoReturn:
     raise InvalidArgument(field, problem)
 
 
+def _show(value: object, width: int = 80) -> str:
+    """A bounded repr that never fails (Python refuses to print ints of over 4300 digits)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"<an integer of {value.bit_length()} bits>"
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 def check_text(field: str, value: object, *, max_chars: int) -> str:
     """A non-empty string PostgreSQL can store: no NUL, valid UTF-8, bounded."""
     if not isinstance(value, str):
@@ -171,12 +182,12 @@ def check_session_id(value: object, field: str = "session_id") -> UUID:
             return UUID(value)
         except ValueError:
             pass
-    _fail(field, f"must be a UUID, got {value!r:.80}")
+    _fail(field, f"must be a UUID, got {_show(value)}")
 
 
 def check_role(value: object) -> str:
     if not isinstance(value, str) or value not in ROLES:
-        _fail("role", f"must be one of {sorted(ROLES)}, got {value!r:.80}")
+        _fail("role", f"must be one of {sorted(ROLES)}, got {_show(value)}")
     return value
 
 
@@ -196,7 +207,7 @@ def check_int(field: str, value: object, *, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         _fail(field, f"must be an integer, not {type(value).__name__}")
     if not low <= value <= high:
-        _fail(field, f"must be between {low} and {high}, got {value}")
+        _fail(field, f"must be between {low} and {high}, got {_show(value)}")
     return value
 
 
@@ -208,19 +219,25 @@ def check_seconds(field: str, value: object, *, high: float = math.inf, zero_ok:
     """A duration in seconds: a finite real number, positive (or zero when allowed)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         _fail(field, f"must be a number of seconds, not {type(value).__name__}")
-    seconds = float(value)
+    try:
+        seconds = float(value)
+    except OverflowError:
+        _fail(field, f"must be at most {high} seconds, got {_show(value)}")
     if not math.isfinite(seconds):
         _fail(field, f"must be finite, got {value}")
     if seconds < 0 or (seconds == 0 and not zero_ok):
         _fail(field, f"must be {'at least 0' if zero_ok else 'greater than 0'}, got {value}")
+    if 0 < seconds < MIN_SECONDS:
+        # Timestamps hold microseconds: a shorter duration would round to nothing.
+        _fail(field, f"must be at least {MIN_SECONDS} seconds (one microsecond), got {value}")
     if seconds > high:
-        _fail(field, f"must be at most {high} seconds, got {value}")
+        _fail(field, f"must be at most {high} seconds, got {_show(value)}")
     return seconds
 
 
 def check_bool(field: str, value: object) -> bool:
     if not isinstance(value, bool):
-        _fail(field, f"must be True or False, not {value!r:.40}")
+        _fail(field, f"must be True or False, not {_show(value, 40)}")
     return value
 
 
@@ -244,6 +261,8 @@ def _freeze(value: object, path: str, depth: int) -> Any:
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, int):
+        if not -MAX_JSON_INT - 1 <= value <= MAX_JSON_INT:
+            _fail(path, f"integers must fit in 64 bits, got {_show(value)}")
         return int(value)
     if isinstance(value, float):
         if not math.isfinite(value):
@@ -256,7 +275,7 @@ def _freeze(value: object, path: str, depth: int) -> Any:
         items = {}
         for key, item in value.items():
             if not isinstance(key, str):
-                _fail(path, f"keys must be strings, got {key!r:.40}")
+                _fail(path, f"keys must be strings, got {_show(key, 40)}")
             _check_storable(f"{path} key", key)
             items[str(key)] = _freeze(item, f"{path}[{key!r:.40}]", depth + 1)
         return JsonObject(items)

@@ -132,14 +132,16 @@ class SessionRuntime:
     which commits it within `flush_interval`.
     """
 
-    def __init__(self, store: Store, config: RuntimeConfig, nursery: trio.Nursery) -> None:
+    def __init__(self, store: Store, config: RuntimeConfig) -> None:
         self.store = store
         self.config = config
         self.counters = Counters()
         self.clock = Clock()
         self.deadlines = DeadlineQueue()
-        self.writebehind = WriteBehind(store, config, self.counters, random.Random(os.urandom(16)))
-        self._nursery = nursery
+        # Jitter comes from a generator of our own, seeded from the global one:
+        # Hypothesis's st.random_module() seeds that, so a test run replays.
+        self.writebehind = WriteBehind(store, config, self.counters, random.Random(random.getrandbits(64)))
+        self._nursery: trio.Nursery  # the supervisor nursery, from _start()
         self._actors: OrderedDict[UUID, SessionActor] = OrderedDict()
         self._retiring: dict[UUID, SessionActor] = {}
         self._running = 0
@@ -150,12 +152,16 @@ class SessionRuntime:
 
     # -------------------------------------------------------------- lifecycle
 
-    async def _start(self) -> None:
+    async def _load_deadlines(self) -> None:
+        """Queue every live session of the store (those already due expire at once)."""
         live = await self.read_store(self.store.live_deadlines)
         to_trio = self.clock.to_trio
         self.deadlines.extend((session_id, to_trio(expires_at)) for session_id, expires_at in live)
-        await self._nursery.start(self.writebehind.run)
-        self._nursery.start_soon(self._run_background)
+
+    async def _start(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+        await nursery.start(self.writebehind.run)
+        nursery.start_soon(self._run_background)
 
     async def _run_background(self) -> None:
         with self._background:
@@ -667,18 +673,20 @@ async def open_runtime(config: RuntimeConfig | None = None, *,
         raise InvalidArgument("store", f"must implement the Store protocol, not {type(store).__name__}")
     body_error: BaseException | None = None
     shutdown_error: BaseException | None = None
-    async with _open_store(config, store) as opened, trio.open_nursery() as nursery:
-        runtime = SessionRuntime(opened, config, nursery)
-        await runtime._start()
-        try:
-            yield runtime
-        except BaseException as exc:  # re-raised below, outside our nurseries
-            body_error = exc
-        try:
-            await runtime._shutdown(flush=not nursery.cancel_scope.cancel_called)
-        except StoreUnavailable as exc:
-            shutdown_error = exc
-        nursery.cancel_scope.cancel()
+    async with _open_store(config, store) as opened:
+        runtime = SessionRuntime(opened, config)
+        await runtime._load_deadlines()  # before the nursery: a failure comes out unwrapped
+        async with trio.open_nursery() as nursery:
+            await runtime._start(nursery)
+            try:
+                yield runtime
+            except BaseException as exc:  # re-raised below, outside our nurseries
+                body_error = exc
+            try:
+                await runtime._shutdown(flush=not nursery.cancel_scope.cancel_called)
+            except StoreUnavailable as exc:
+                shutdown_error = exc
+            nursery.cancel_scope.cancel()
     if body_error is not None:
         if shutdown_error is not None:
             logger.error("{}", shutdown_error)

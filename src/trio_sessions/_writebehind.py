@@ -232,9 +232,9 @@ class WriteBehind:
         try:
             await self._write_retrying(batch)
         except WriteRejected as exc:
-            ids = {s.id for s in batch.sessions} | set(batch.deletes)
+            ids = [*(s.id for s in batch.sessions), *batch.deletes]
             if len(ids) == 1:
-                self._reject(ids.pop(), batch, exc)
+                self._reject(ids[0], batch, exc)
                 return
             first, second = batch.split()
             await self._write_isolating(first)
@@ -243,7 +243,9 @@ class WriteBehind:
         self._counters.flush_batches += 1
         self._counters.flushed_sessions += len(batch.sessions) + len(batch.deletes)
         self._counters.flushed_messages += len(batch.messages)
-        for session_id in {s.id for s in batch.sessions} | set(batch.deletes):
+        # In batch order (not a set's hash order): the order waiters wake in
+        # is part of the interleaving, and a test must be able to replay it.
+        for session_id in [*(s.id for s in batch.sessions), *batch.deletes]:
             entry = self._inflight[session_id]
             entry.settled = True
             for waiter in entry.waiters:
