@@ -16,9 +16,22 @@ from uuid import uuid4
 
 import pytest
 import trio
+from hypothesis import HealthCheck, settings
 
 from trio_sessions._postgres import PostgresStore, create_database, drop_database
 from trio_sessions._store import MemoryStore, Store
+
+# Hypothesis profiles: "ci" keeps the suite within its time budget; "deep" runs
+# thousands of examples on demand (HYPOTHESIS_PROFILE=deep python -m pytest
+# tests/test_properties.py). Examples run whole workloads, so no per-example
+# deadline: virtual time makes them deterministic, not fast.
+settings.register_profile(
+    "ci", max_examples=30, deadline=None, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile(
+    "deep", max_examples=3000, deadline=None, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(scope="session")

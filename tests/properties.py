@@ -1,0 +1,134 @@
+"""The properties every run of the runtime must have, checked after a workload.
+
+Shared by test_properties.py (virtual time, MemoryStore and FaultyStore) and
+test_properties_postgres.py (real time, PostgreSQL).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+from uuid import UUID
+
+from trio_sessions import Message, Session, SessionEvent, SessionNotFound, SessionRuntime, Store
+from trio_sessions.testing import (
+    Context,
+    Get,
+    History,
+    Linearization,
+    ModelState,
+    assert_linearizable,
+)
+
+ALL_MESSAGES = 1_000_000
+
+
+async def observe_store(history: History, store: Store, sessions: list[UUID], max_messages: int) -> dict[
+        UUID, tuple[Session, tuple[Message, ...]] | None]:
+    """Read every session back from the store and add what was read to the history."""
+    stored: dict[UUID, tuple[Session, tuple[Message, ...]] | None] = {}
+    for session_id in dict.fromkeys(sessions):
+        loaded = await store.load(session_id, messages=ALL_MESSAGES)
+        stored[session_id] = loaded
+        if loaded is None:
+            history.observe(Get(session_id), session_id, SessionNotFound(session_id))
+        else:
+            history.observe(Get(session_id), session_id, loaded[0])
+            history.observe(Context(session_id), session_id, loaded[1][-max_messages:])
+    return stored
+
+
+async def check_runtime(rt: SessionRuntime, history: History, store: Store, sessions: list[UUID],
+                        events: list[SessionEvent],
+                        initial: dict[UUID, ModelState] | None = None) -> Linearization:
+    """Flush, read the store back, and check every property against the model."""
+    await rt.cleanup_old_sessions()
+    await rt.flush()
+    stored = await observe_store(history, store, sessions, rt.config.max_messages)
+
+    result = assert_linearizable(history, rt.config, initial=initial)
+
+    # After flush() the store holds exactly the model's state: rows and every message.
+    for session_id, loaded in stored.items():
+        state = result.final_states.get(session_id)
+        if state is None or not state.exists:
+            assert loaded is None, f"store has {session_id}, which the model says does not exist"
+            continue
+        assert loaded is not None, f"store lost {session_id}"
+        assert loaded[0] == state.session
+        assert loaded[1] == state.messages, "store messages differ from the model's"
+        assert [m.seq for m in loaded[1]] == list(range(1, len(loaded[1]) + 1))
+
+    check_versions_only_grow(history)
+    check_message_seqs(history)
+    check_expired_never_returns(history)
+    check_events(events)
+    return result
+
+
+def check_versions_only_grow(history: History) -> None:
+    """A call invoked after another returned never sees an older version of the session."""
+    for session_id, operations in history.sessions().items():
+        if session_id is None:
+            continue
+        answered = sorted((op for op in operations if isinstance(op.outcome, Session)),
+                          key=lambda op: op.returned or 0)
+        newest_before: list[tuple[int, int]] = []  # (returned, version), in return order
+        for op in sorted(answered, key=lambda op: op.invoked):
+            seen = max((v for r, v in newest_before if r < op.invoked), default=0)
+            assert op.outcome.version >= seen, f"{op.describe()} went back from version {seen}"
+            newest_before.append((op.returned or 0, op.outcome.version))
+
+
+def check_message_seqs(history: History) -> None:
+    """Every context() answer is a run of consecutive seqs, ending at a message_count seen."""
+    for operation in history.operations:
+        if isinstance(operation.call, Context) and isinstance(operation.outcome, tuple):
+            seqs = [m.seq for m in operation.outcome]
+            assert seqs == list(range(seqs[0], seqs[0] + len(seqs))) if seqs else True, seqs
+
+
+def check_expired_never_returns(history: History) -> None:
+    """Once a call has seen a session expired, no later call sees it active."""
+    for operations in history.sessions().values():
+        expired_at: int | None = None
+        for op in sorted(operations, key=lambda op: op.invoked):
+            outcome = op.outcome
+            if not isinstance(outcome, Session):
+                continue
+            if expired_at is not None and op.invoked > expired_at:
+                assert outcome.end_reason == "expired", f"{op.describe()}: revived after expiry"
+            if outcome.end_reason == "expired" and op.returned is not None:
+                expired_at = op.returned if expired_at is None else min(expired_at, op.returned)
+
+
+def check_events(events: list[SessionEvent]) -> None:
+    """Per session, events carry strictly growing versions; after 'expired' only 'deleted'."""
+    last: dict[UUID, SessionEvent] = {}
+    for event in events:
+        previous = last.get(event.session.id)
+        if previous is not None:
+            if event.kind == "deleted":
+                assert event.session.version == previous.session.version
+            else:
+                assert event.session.version > previous.session.version, (previous, event)
+                assert previous.kind != "expired", f"{event.kind} after expired"
+        else:
+            assert event.kind == "created", event
+        last[event.session.id] = event
+
+
+def resident_watch(rt: SessionRuntime) -> Any:
+    """An after_call hook asserting the runtime never runs more than max_resident actors."""
+
+    async def check(call: Any, result: Any) -> None:
+        assert rt.metrics().resident <= rt.config.max_resident
+
+    return check
+
+
+def events_by_session(events: list[SessionEvent]) -> dict[UUID, list[SessionEvent]]:
+    grouped: dict[UUID, list[SessionEvent]] = defaultdict(list)
+    for event in events:
+        grouped[event.session.id].append(event)
+    return grouped

@@ -1,0 +1,141 @@
+"""Property-based concurrency tests on virtual time: the runtime against its model.
+
+Hypothesis draws the calls, their arguments and (through `st.random_module()`)
+Trio's scheduling, so every interleaving that fails replays and shrinks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import trio
+import trio.testing
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.strategies import DataObject
+
+from trio_sessions import (
+    MemoryStore,
+    RuntimeConfig,
+    SessionEvent,
+    SessionRuntime,
+    StoreUnavailable,
+    open_runtime,
+)
+from trio_sessions.testing import (
+    FaultyStore,
+    History,
+    run_on_virtual_time,
+    run_workload,
+)
+
+from .properties import check_runtime, resident_watch
+
+# Small limits, so that passivation, eviction, batching and context trimming
+# all happen within a few dozen calls.
+CONFIG = RuntimeConfig(max_resident=3, max_messages=4, max_content_bytes=300, mailbox_size=2,
+                       flush_interval=0.5, flush_batch=3, passivate_after=2.0,
+                       retry_initial_delay=0.05, retry_max_delay=0.5)
+TIMEOUTS = st.sampled_from([1.0, 3.0, 7.5, 600.0])
+PAUSES = st.sampled_from([0.0, 0.0, 0.0, 0.25, 1.0, 2.5, 8.0])
+
+
+async def _collect(rt: SessionRuntime, events: list[SessionEvent], *,
+                   task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    async with rt.subscribe(buffer=1_000_000) as stream:
+        task_status.started()
+        async for event in stream:
+            events.append(event)
+
+
+async def _workload_and_check(rt: SessionRuntime, data: DataObject, store: Any, *,
+                              tasks: int, steps: int, after_call: Any = None) -> None:
+    history = History()
+    events: list[SessionEvent] = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(_collect, rt, events)
+        watch = resident_watch(rt)
+
+        async def hooks(call: Any, result: Any) -> None:
+            await watch(call, result)
+            if after_call is not None:
+                await after_call(call, result)
+
+        sessions = await run_workload(rt, data, history, tasks=tasks, steps=steps, timeouts=TIMEOUTS,
+                                      pauses=PAUSES, after_call=hooks)
+        await check_runtime(rt, history, store, sessions, events)
+        nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def _open_retrying(store: Any) -> AsyncIterator[SessionRuntime]:
+    """open_runtime, trying again while the store fails at start (as a service would)."""
+    for _ in range(20):
+        stack = AsyncExitStack()
+        try:
+            rt = await stack.enter_async_context(open_runtime(CONFIG, store=store))
+        except StoreUnavailable:
+            await trio.sleep(1.0)
+            continue
+        async with stack:
+            yield rt
+        return
+    raise AssertionError("the store never let the runtime start")
+
+
+@given(data=st.data(), scheduling=st.random_module())
+def test_concurrent_calls_match_the_model(data: DataObject, scheduling: Any) -> None:
+    store = MemoryStore()
+
+    async def scenario(rt: SessionRuntime) -> None:
+        await _workload_and_check(rt, data, store, tasks=4, steps=12)
+
+    run_on_virtual_time(scenario, config=CONFIG, store=store)
+
+
+@given(data=st.data(), scheduling=st.random_module(), seed=st.integers(0, 2**32 - 1))
+def test_faults_lose_no_acknowledged_write(data: DataObject, scheduling: Any, seed: int) -> None:
+    store = FaultyStore(MemoryStore(), seed=seed, failure_rate=0.2, unknown_commit_rate=0.1,
+                        latency=(0.0, 0.05), outages=[(3.0, 6.0), (20.0, 21.0)])
+
+    async def durable_is_committed(call: Any, result: Any) -> None:
+        # durable=True returns only after the commit: the store already has it.
+        from trio_sessions import Session
+
+        if getattr(call, "durable", False) is True and isinstance(result, Session):
+            stored = await store.inner.load(result.id, messages=0)
+            assert stored is not None and stored[0].version >= result.version, (call, result)
+
+    async def scenario(rt: SessionRuntime) -> None:
+        await _workload_and_check(rt, data, store.inner, tasks=3, steps=10,
+                                  after_call=durable_is_committed)
+
+    run_on_virtual_time(scenario, config=CONFIG, store=store)
+
+
+@given(data=st.data(), scheduling=st.random_module(),
+       stop_after=st.floats(0.0, 12.0), faulty=st.booleans())
+def test_restart_at_a_random_point_keeps_every_acknowledged_change(
+        data: DataObject, scheduling: Any, stop_after: float, faulty: bool) -> None:
+    inner = MemoryStore()
+    store = FaultyStore(inner, seed=7, failure_rate=0.2, unknown_commit_rate=0.1) if faulty else inner
+
+    async def main() -> None:
+        history = History()  # one history across both runtimes, in one trio.run
+        async with _open_retrying(store) as rt:
+            with trio.move_on_after(stop_after):  # calls in flight are cancelled mid-way
+                await run_workload(rt, data, history, tasks=3, steps=10, timeouts=TIMEOUTS,
+                                   pauses=PAUSES)
+        sessions = sorted({op.session_id for op in history.operations if op.session_id}, key=str)
+        # The first runtime has closed and flushed; a new one starts on the same store.
+        async with _open_retrying(store) as rt, trio.open_nursery() as nursery:
+            events: list[SessionEvent] = []
+            await nursery.start(_collect, rt, events)
+            sessions = await run_workload(rt, data, history, tasks=2, steps=6, timeouts=TIMEOUTS,
+                                          pauses=PAUSES, sessions=sessions)
+            await check_runtime(rt, history, inner, sessions, [])
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
