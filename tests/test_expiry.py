@@ -30,8 +30,8 @@ def test_pop_due_returns_due_sessions_in_deadline_order() -> None:
     queue.push(b, 10.0)
     queue.push(c, 20.0)
     assert queue.earliest() == 10.0
-    assert queue.pop_due(19.0) == [b]
-    assert queue.pop_due(30.0) == [c, a]
+    assert queue.pop_due(19.0) == [(b, 10.0)]
+    assert queue.pop_due(30.0) == [(c, 20.0), (a, 30.0)]
     assert len(queue) == 0 and queue.earliest() is None
 
 
@@ -40,7 +40,7 @@ def test_ties_keep_insertion_order() -> None:
     sessions = ids(50)
     for session_id in sessions:
         queue.push(session_id, 5.0)
-    assert queue.pop_due(5.0) == sessions
+    assert [i for i, _ in queue.pop_due(5.0)] == sessions
 
 
 def test_touch_later_is_lazy_and_rekeys_once_when_popped() -> None:
@@ -52,10 +52,10 @@ def test_touch_later_is_lazy_and_rekeys_once_when_popped() -> None:
         queue.touch(a, later)
     assert queue.earliest() == 10.0  # not re-keyed yet
     assert queue.deadline(a) == 40.0
-    assert queue.pop_due(20.0) == [b]
+    assert queue.pop_due(20.0) == [(b, 15.0)]
     assert queue.earliest() == 40.0  # re-keyed once, at its newest deadline
     assert queue.pop_due(39.9) == []
-    assert queue.pop_due(40.0) == [a]
+    assert queue.pop_due(40.0) == [(a, 40.0)]
 
 
 def test_touch_earlier_rekeys_at_once() -> None:
@@ -64,7 +64,24 @@ def test_touch_earlier_rekeys_at_once() -> None:
     queue.push(a, 50.0)
     queue.touch(a, 5.0)
     assert queue.earliest() == 5.0
-    assert queue.pop_due(5.0) == [a]
+    assert queue.pop_due(5.0) == [(a, 5.0)]
+
+
+def test_a_deferred_session_waits_but_keeps_its_deadline() -> None:
+    queue = DeadlineQueue()
+    a, b = ids(2)
+    queue.push(b, 50.0)
+    queue.defer(a, 10.0, until=30.0)  # due at 10, but retry only at 30
+    assert queue.deadline(a) == 10.0
+    assert queue.pop_due(29.0) == []
+    assert queue.pop_deferred() == [(a, 10.0)]  # cleanup takes it at once
+    assert a not in queue
+    queue.defer(a, 10.0, until=30.0)
+    assert queue.pop_due(30.0) == [(a, 10.0)]
+    assert queue.pop_deferred() == []
+    queue.defer(a, 10.0, until=30.0)
+    queue.push(a, 60.0)  # loaded and found touched: an ordinary entry again
+    assert queue.pop_deferred() == []
 
 
 def test_discard_and_extend() -> None:
@@ -75,14 +92,14 @@ def test_discard_and_extend() -> None:
     queue.discard(uuid.uuid4())  # unknown ids are ignored
     assert b not in queue and a in queue
     queue.extend([(a, 0.5)])  # a known id moves
-    assert queue.pop_due(10.0) == [a, c]
+    assert queue.pop_due(10.0) == [(a, 0.5), (c, 2.0)]
 
 
 async def test_wait_due_wakes_early_for_an_earlier_deadline(autojump_clock: MockClock) -> None:
     queue = DeadlineQueue()
     a, b = ids(2)
     queue.push(a, trio.current_time() + 100.0)
-    woke: list[tuple[float, list[uuid.UUID]]] = []
+    woke: list[tuple[float, list[tuple[uuid.UUID, float]]]] = []
 
     async def waiter() -> None:
         due = await queue.wait_due()
@@ -93,7 +110,7 @@ async def test_wait_due_wakes_early_for_an_earlier_deadline(autojump_clock: Mock
         await trio.testing.wait_all_tasks_blocked()
         start = trio.current_time()
         queue.push(b, start + 7.0)
-    assert woke == [(start + 7.0, [b])]
+    assert woke == [(start + 7.0, [(b, start + 7.0)])]
 
 
 # ------------------------------------------------------ expiry in a runtime
@@ -226,3 +243,30 @@ async def test_expiry_of_a_passivated_session(autojump_clock: MockClock) -> None
         assert expired.end_reason == "expired"
         assert expired.ended_at == expired.expires_at
         assert rt.metrics().passivations >= 1
+
+
+async def test_expiry_survives_a_store_outage(autojump_clock: MockClock) -> None:
+    from trio_sessions import StoreUnavailable
+    from trio_sessions.testing import FaultyStore
+
+    store = FaultyStore(MemoryStore(), outages=[(50.0, 70.0)])
+    config = RuntimeConfig(session_timeout=MINUTE, retry_max_delay=2.0)
+    async with open_runtime(config, store=store) as rt:
+        session = await rt.create("u", "geral")  # deadline at t=60
+        await rt.flush()
+        await rt.create("u", "max", timeout=1000.0)
+        # The store is down from t=50 to t=70.
+        # The expiry task tried at t=60 and could not read the session; it retries
+        # every retry_max_delay, and cleanup tries at once.
+        await trio.sleep_until(rt.clock.to_trio(session.expires_at) + 1.0)
+        with pytest.raises(StoreUnavailable):  # due, but it cannot be read to expire it
+            await rt.cleanup_old_sessions()
+        assert rt.metrics().live_sessions == 2  # not forgotten
+        await trio.sleep_until(70.0)  # the store is back
+        async with rt.subscribe() as events:
+            event = await events.receive()
+        assert (event.kind, event.session.id) == ("expired", session.id)
+        assert event.session.ended_at == session.expires_at
+        await rt.flush()
+    stored = await store.inner.load(session.id, messages=0)
+    assert stored is not None and stored[0].end_reason == "expired"

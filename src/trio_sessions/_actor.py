@@ -87,8 +87,9 @@ class Delete:
 
 @dataclass(frozen=True, slots=True)
 class Expire:
-    """Sent by the expiry task and `cleanup_old_sessions` when a deadline is due."""
+    """Sent by the expiry task and `cleanup_old_sessions` when `deadline` is due."""
 
+    deadline: float
     durable: bool = False
 
 
@@ -156,16 +157,6 @@ class Reply:
         return self.value
 
 
-class _NoReply(Reply):
-    """For fire-and-forget commands (the expiry task's): nobody waits."""
-
-    __slots__ = ()
-
-    def settle(self, value: Any, error: BaseException | None = None) -> None:
-        pass
-
-
-NO_REPLY: Reply = _NoReply()
 
 
 # ----------------------------------------------------------------- the actor
@@ -264,8 +255,10 @@ class SessionActor:
                 continue
             if isinstance(command, Expire):
                 # The store could not be read, so the session may still be live
-                # and due: try again later rather than forget its deadline.
-                sup.deadlines.touch(self.id, sup.clock.now() + sup.config.retry_max_delay)
+                # and due: retry later rather than forget it (and not at once,
+                # which would hammer a store that is down).
+                until = sup.clock.now() + sup.config.retry_max_delay
+                sup.deadlines.defer(self.id, command.deadline, until)
             reply.settle(None, StoreUnavailable(str(exc)))
 
     async def _load(self) -> None:

@@ -34,11 +34,13 @@ class _Entry:
 class DeadlineQueue:
     """Deadlines (Trio times) of live sessions, earliest first, with lazy re-keying."""
 
-    __slots__ = ("_entries", "_order", "_sleeper", "_tie")
+    __slots__ = ("_deferred", "_entries", "_order", "_sleeper", "_tie")
 
     def __init__(self) -> None:
         self._order: SortedList[_Key] = SortedList()
         self._entries: dict[UUID, _Entry] = {}
+        # Due sessions whose expiry failed and waits for a retry (a dict: ordered).
+        self._deferred: dict[UUID, None] = {}
         self._tie = itertools.count()
         self._sleeper: trio.CancelScope | None = None
 
@@ -59,13 +61,32 @@ class DeadlineQueue:
 
     def push(self, session_id: UUID, deadline: float) -> None:
         """Queue a session at `deadline`, replacing any earlier entry for it."""
-        entry = self._entries.get(session_id)
-        if entry is not None:
-            self._order.remove(entry.key)
+        self.discard(session_id)
         key = (deadline, next(self._tie), session_id)
         self._order.add(key)
         self._entries[session_id] = _Entry(key, deadline)
         self._wake_for(deadline)
+
+    def defer(self, session_id: UUID, deadline: float, until: float) -> None:
+        """Queue a session that is due (`deadline`) but whose expiry must wait until `until`.
+
+        For an expiry that failed (the store could not be read): the expiry
+        task retries it at `until`; `pop_deferred` hands it out sooner.
+        """
+        self.discard(session_id)
+        key = (until, next(self._tie), session_id)
+        self._order.add(key)
+        self._entries[session_id] = _Entry(key, deadline)
+        self._deferred[session_id] = None
+        self._wake_for(until)
+
+    def pop_deferred(self) -> list[tuple[UUID, float]]:
+        """Remove and return every deferred session, with its deadline."""
+        popped = []
+        for session_id in list(self._deferred):
+            popped.append((session_id, self._entries[session_id].deadline))
+            self.discard(session_id)
+        return popped
 
     def extend(self, deadlines: Iterable[tuple[UUID, float]]) -> None:
         """Queue many sessions at once (a bulk sort: how a runtime starts on a full store)."""
@@ -94,14 +115,15 @@ class DeadlineQueue:
         entry = self._entries.pop(session_id, None)
         if entry is not None:
             self._order.remove(entry.key)
+            self._deferred.pop(session_id, None)
 
-    def pop_due(self, now: float) -> list[UUID]:
-        """Remove and return the sessions whose deadline is at or before `now`.
+    def pop_due(self, now: float) -> list[tuple[UUID, float]]:
+        """Remove and return `(id, deadline)` of the sessions due at `now`.
 
         An entry whose session was touched since it was keyed goes back into
         the list at its newer deadline instead.
         """
-        due: list[UUID] = []
+        due: list[tuple[UUID, float]] = []
         order = self._order
         while order and order[0][0] <= now:
             key = order.pop(0)
@@ -112,10 +134,11 @@ class DeadlineQueue:
                 order.add(entry.key)
             else:
                 del self._entries[session_id]
-                due.append(session_id)
+                self._deferred.pop(session_id, None)
+                due.append((session_id, entry.deadline))
         return due
 
-    async def wait_due(self) -> list[UUID]:
+    async def wait_due(self) -> list[tuple[UUID, float]]:
         """Sleep until at least one session is due, then pop and return the due ones.
 
         A `push` or `touch` that brings the earliest deadline forward wakes the

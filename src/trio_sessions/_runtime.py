@@ -31,7 +31,6 @@ from loguru import logger
 
 from . import _model as model
 from ._actor import (
-    NO_REPLY,
     AddNote,
     AppendMessage,
     Command,
@@ -82,6 +81,20 @@ def _measured(name: str) -> Callable[[Callable[P, Coroutine[Any, Any, T]]],
         return wrapper
 
     return decorate
+
+
+class _ExpiryReply(Reply):
+    """The answer to the expiry task's Expire: nobody waits, the id leaves `expiring`."""
+
+    __slots__ = ("_expiring", "_session_id")
+
+    def __init__(self, expiring: dict[UUID, float], session_id: UUID) -> None:
+        super().__init__()
+        self._expiring = expiring
+        self._session_id = session_id
+
+    def settle(self, value: Any, error: BaseException | None = None) -> None:
+        self._expiring.pop(self._session_id, None)
 
 
 class Subscription:
@@ -147,6 +160,7 @@ class SessionRuntime:
         self._running = 0
         self._all_stopped = trio.lowlevel.ParkingLot()
         self._subscribers: set[Subscription] = set()
+        self._expiring: dict[UUID, float] = {}  # sent by the expiry task, not yet answered
         self._background = trio.CancelScope()
         self._closed = False
 
@@ -302,21 +316,24 @@ class SessionRuntime:
                 continue
             return
 
-    async def _send_expire(self, session_id: UUID, reply: Reply) -> None:
+    async def _send_expire(self, session_id: UUID, deadline: float, reply: Reply) -> None:
         while True:
             actor = self._actors.get(session_id)
             if actor is None:
                 actor = self._activate(session_id, recently_used=False)
             try:
-                await actor.send.send((Expire(), reply))
+                await actor.send.send((Expire(deadline), reply))
                 return
             except trio.ClosedResourceError:
                 continue
 
     async def _expire_forever(self) -> None:
         while True:
-            for session_id in await self.deadlines.wait_due():
-                await self._send_expire(session_id, NO_REPLY)
+            for session_id, deadline in await self.deadlines.wait_due():
+                # Not awaited (one slow activation must not hold up the rest), but
+                # tracked until the actor has answered, for cleanup_old_sessions.
+                self._expiring[session_id] = deadline
+                await self._send_expire(session_id, deadline, _ExpiryReply(self._expiring, session_id))
 
     async def _passivate_idle_forever(self) -> None:
         idle = self.config.passivate_after
@@ -555,20 +572,37 @@ class SessionRuntime:
 
     @_measured("cleanup")
     async def cleanup_old_sessions(self) -> int:
-        """Expire every session that is due now; returns how many this call expired."""
+        """Expire every session that is due now; returns how many this call expired.
+
+        Sessions whose expiry failed earlier (the store could not be read) are
+        tried again at once.
+
+        Raises:
+            StoreUnavailable: some due sessions could not be read from the
+                store; they stay due and are retried (call again to insist).
+        """
         self._check_open()
         await trio.lowlevel.checkpoint()
+        # Also those the expiry task is expiring right now: this call's command
+        # queues behind the task's, so it returns only once they are done.
+        due = [*self.deadlines.pop_deferred(), *self.deadlines.pop_due(trio.current_time()),
+               *self._expiring.items()]
         replies = []
-        for session_id in self.deadlines.pop_due(trio.current_time()):
+        for session_id, deadline in due:
             reply = Reply()
-            await self._send_expire(session_id, reply)
+            await self._send_expire(session_id, deadline, reply)
             replies.append(reply)
-        expired = 0
+        expired = failed = 0
         for reply in replies:
             try:
                 expired += bool(await reply.wait())
             except SessionNotFound:
                 pass
+            except StoreUnavailable:
+                failed += 1
+        if failed:
+            raise StoreUnavailable(f"{failed} due sessions could not be read to expire them "
+                                   f"({expired} expired); they will be retried")
         return expired
 
     @_measured("flush")
