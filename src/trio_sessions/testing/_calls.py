@@ -146,12 +146,13 @@ def describe(call: Call) -> str:
             parts.append(_short(value))
         elif field == "changes":
             parts.extend(f"{k}={_value(v)}" for k, v in value)
-        elif value is not None and value is not False and (field, value) not in _DEFAULTS:
+        elif value is not None and value is not False and _DEFAULTS.get(field, _NONE) != value:
             parts.append(f"{field}={_value(value)}")
     return f"{name}({', '.join(parts)})"
 
 
-_DEFAULTS = {("state", "active"), ("reason", "ended")}
+_DEFAULTS = {"state": "active", "reason": "ended"}
+_NONE = object()
 
 
 def _short(value: object) -> str:

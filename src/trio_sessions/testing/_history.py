@@ -117,17 +117,24 @@ class History:
             operation.session_id = result.id
         return result
 
-    def observe(self, call: Call, session_id: UUID, outcome: Any) -> None:
-        """Add what a read of the store (or anything outside the runtime) saw, now.
-
-        It becomes an instantaneous call in the history, so the checker must
-        find an order of the real calls that also explains this answer: for
-        example `observe(Get(id), id, stored_session)` after a flush proves
-        the store holds a state the calls could have produced.
-        """
+    def mark(self) -> tuple[int, float]:
+        """A point in the history (logical and Trio time), to pass to `observe` as `since`."""
         if self._clock is None:
             self._clock = Clock()
-        operation = Operation(call, session_id, next(self._sequence), trio.current_time())
+        return next(self._sequence), trio.current_time()
+
+    def observe(self, call: Call, session_id: UUID, outcome: Any, *,
+                since: tuple[int, float] | None = None) -> None:
+        """Add what a read of the store (or anything outside the runtime) saw.
+
+        It becomes a call in the history, taking effect between `since` (a
+        `mark()`; now by default) and now, so the checker must find an order of
+        the real calls that also explains this answer. For example,
+        `observe(Get(id), id, stored_session, since=mark)` with a mark taken
+        before `flush()` proves the store holds a state the calls produced.
+        """
+        invoked, invoked_at = self.mark() if since is None else since
+        operation = Operation(call, session_id, invoked, invoked_at)
         self.operations.append(operation)
         self._answer(operation, outcome)
 

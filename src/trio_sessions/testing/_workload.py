@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from .._runtime import SessionRuntime
 
 STATES = ("active", "awaiting_payment", "paid", "resolved")
+_NOBODY = uuid.UUID("00000000-0000-4000-8000-000000000000")  # a well-formed id of no session
 
 
 def _maybe_hostile(valid: SearchStrategy[Any], hostile: SearchStrategy[Any],
@@ -46,8 +47,13 @@ def session_calls(known: Sequence[UUID], config: RuntimeConfig, *, hostility: in
                   durable: bool = True) -> SearchStrategy[Call]:
     """One call of the session API.
 
+    The strategy reads `known` when it draws, so build it once and keep
+    appending to the list; its shape does not depend on the list's length,
+    which keeps Hypothesis's replay consistent whatever the interleaving.
+
     Args:
-        known: ids of sessions created so far; calls mostly target these.
+        known: ids of sessions created so far; calls mostly target these
+            (an id nobody created while the list is empty).
         config: the runtime's configuration (limits of valid arguments).
         hostility: one argument in about this many is hostile (0: none).
         timeouts: session timeouts for creates; a few minutes when None.
@@ -72,9 +78,8 @@ def session_calls(known: Sequence[UUID], config: RuntimeConfig, *, hostility: in
         timeout=_maybe_hostile(timeouts, values.timeouts(), hostility),
         durable=flags,
     )
-    if not known:
-        return creates
-    ids: SearchStrategy[Any] = st.sampled_from(list(known))
+    ids: SearchStrategy[Any] = st.integers(0, 2**16).map(
+        lambda i: known[i % len(known)] if known else _NOBODY)
     if hostility:
         strange = st.sampled_from([uuid.UUID(int=12345), "not-a-uuid", ""]) | st.uuids(version=4)
         ids = _maybe_hostile(ids, strange, hostility)
@@ -138,10 +143,12 @@ async def run_workload(runtime: SessionRuntime, data: DataObject, history: Histo
     recorder = history.wrap(runtime)
     pauses = st.just(0.0) if pauses is None else pauses
 
+    calls = session_calls(known, runtime.config, hostility=hostility, timeouts=timeouts,
+                          durable=durable)
+
     async def worker() -> None:
         for _ in range(steps):
-            call = data.draw(session_calls(known, runtime.config, hostility=hostility,
-                                           timeouts=timeouts, durable=durable))
+            call = data.draw(calls)
             try:
                 result = await recorder.call(call)
             except SessionError as exc:
