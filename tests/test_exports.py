@@ -57,3 +57,18 @@ async def test_logging_is_off_until_the_application_enables_it() -> None:
     finally:
         logger.disable("trio_sessions")
         logger.remove(sink)
+
+
+def test_the_testing_kit_exports_what_it_documents() -> None:
+    import trio_sessions.testing as kit
+
+    assert len(kit.__all__) == len(set(kit.__all__))
+    for name in kit.__all__:
+        assert hasattr(kit, name), name
+    leaked = {name for name in vars(kit) if not name.startswith("_") and name not in kit.__all__}
+    assert leaked == set()
+    for documented in ("SessionModel", "History", "check_linearizable", "assert_linearizable",
+                       "FaultyStore", "hostile_text", "session_calls", "run_workload",
+                       "run_on_virtual_time"):
+        assert documented in kit.__all__
+
