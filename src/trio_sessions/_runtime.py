@@ -159,7 +159,8 @@ class SessionRuntime:
         self._retiring: dict[UUID, SessionActor] = {}
         self._running = 0
         self._all_stopped = trio.lowlevel.ParkingLot()
-        self._subscribers: set[Subscription] = set()
+        # A dict, not a set: events reach subscribers in the order they subscribed.
+        self._subscribers: dict[Subscription, None] = {}
         self._expiring: dict[UUID, float] = {}  # sent by the expiry task, not yet answered
         self._background = trio.CancelScope()
         self._closed = False
@@ -622,11 +623,11 @@ class SessionRuntime:
             "buffer", buffer, low=1, high=10_000_000)
         self._check_open()
         subscription = Subscription(size)
-        self._subscribers.add(subscription)
+        self._subscribers[subscription] = None
         try:
             yield subscription
         finally:
-            self._subscribers.discard(subscription)
+            self._subscribers.pop(subscription, None)
             subscription._send.close()
             subscription._receive.close()
 
