@@ -1,4 +1,4 @@
-"""The `trio-sessions` command: `demo` (a simulated orchestrator, checked) and `migrate`.
+"""The `trio-sessions` command: `demo` (a simulated orchestrator, checked), `migrate` and `bench`.
 
 `demo` is the project's main job: many users chat with the agents
 `financeiro`, `max` and `geral` through one runtime, on the PostgreSQL of
@@ -6,6 +6,10 @@
 folder. After the runtime has closed (which flushes everything), a fresh
 `PostgresStore` reads back every session of the run and the check compares
 it with what the runtime acknowledged to the demo.
+
+`bench` runs the benchmark suite of the repository's `benchmarks/` folder
+(`python -m benchmarks`), which is not part of the installed package: it
+works from a checkout of the repository.
 
 This is an application, not the library: it is the one place that turns
 trio-sessions' logging on (`_configure_logging`).
@@ -15,12 +19,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import math
 import random
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Final
 from uuid import UUID
 
@@ -553,6 +559,28 @@ def migrate(environ: dict[str, str] | None = None) -> int:
     return trio.run(run_migrate, url)
 
 
+def bench(argv: Sequence[str], cwd: Path | None = None) -> int:
+    """`trio-sessions bench ARGS`: `python -m benchmarks ARGS` in the repository at `cwd`.
+
+    Returns the suite's exit code, or 2 when `cwd` (the current directory by
+    default) is not a checkout of the trio-sessions repository.
+    """
+    root = (Path.cwd() if cwd is None else cwd).resolve()
+    if not (root / "benchmarks" / "__main__.py").is_file() or not (root / "src" / "trio_sessions").is_dir():
+        print(f"trio-sessions bench: {root} is not the trio-sessions repository; the benchmarks are not "
+              "installed with the package: run this command (or `python -m benchmarks`) in a checkout of "
+              "the repository", file=sys.stderr)
+        return USAGE
+    sys.path.insert(0, str(root))
+    suite = importlib.import_module("benchmarks.__main__")
+    if Path(suite.__file__ or "").resolve().parent.parent != root:
+        print(f"trio-sessions bench: imported another `benchmarks` package ({suite.__file__}), not the "
+              f"one in {root}", file=sys.stderr)
+        return USAGE
+    code: int = suite.main(list(argv), prog="trio-sessions bench")
+    return code
+
+
 # ------------------------------------------------------------ command line
 
 
@@ -598,6 +626,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              help="seed of the users' choices (default: random, printed)")
     commands.add_parser("migrate", help="apply the schema migrations to DATABASE_URL",
                         description="Apply pending schema migrations to the database of DATABASE_URL.")
+    # Only listed here: main() hands `bench` and everything after it to the suite's own parser.
+    commands.add_parser("bench", help="run the benchmark suite of the repository in the current "
+                        "directory (trio-sessions bench --help)", add_help=False)
     return parser.parse_args(argv)
 
 
@@ -611,10 +642,13 @@ def _configure_logging() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `trio-sessions` command; return its exit code.
 
-    Exit codes: 0 success; 1 the demo's check failed; 2 usage or configuration
-    error; 130 interrupted.
+    Exit codes: 0 success; 1 the demo's check failed (or a benchmark scenario);
+    2 usage or configuration error; 130 interrupted.
     """
-    args = parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    if arguments[:1] == ["bench"]:
+        return bench(arguments[1:])
+    args = parse_args(arguments)
     _configure_logging()
     try:
         if args.command == "migrate":

@@ -1,0 +1,175 @@
+"""Scenario 3, the flusher against raw bulk writes of the same rows.
+
+R sessions are stored first; then every round updates all of them to a new
+version, four ways, on the same database (variants alternate):
+
+- raw executemany: asyncpg `executemany` of a one-row upsert, one
+  transaction per batch of `flush_batch` rows, the rows prebuilt as tuples
+  (JSON already text): what the database and driver cost;
+- raw unnest: one `INSERT ... SELECT FROM unnest(arrays)` upsert per batch,
+  the column arrays prebuilt (the statement shape the store uses);
+- store.write: `PostgresStore.write(WriteBatch(...))`, one batch after
+  the other, from `Session` objects: the store's encoding plus the SQL;
+- write-behind: `WriteBehind.record()` of every row (the actors' side),
+  its flusher writing batches through `PostgresStore.write`, until
+  `WriteBehind.flush()` returns: the whole path from an actor's change to
+  its commit.
+
+The baseline is the faster raw variant of each round; the figure is the
+write-behind's rows per second over it. All four use pools with the
+runtime's settings, on the same server and table, one batch at a time.
+Every variant updates every row, which leaves dead row versions behind:
+the table is vacuumed before each variant and the order of the variants
+rotates from round to round, so that none always runs on the most bloated
+table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import time
+from collections.abc import Sequence
+from typing import Any, Final
+
+import trio
+
+from trio_sessions import PostgresStore, RuntimeConfig, Session
+from trio_sessions._metrics import Counters
+from trio_sessions._store import WriteBatch
+from trio_sessions._writebehind import WriteBehind
+
+from . import _pg
+from ._harness import Check, Context, Result, median, snapshot_like
+
+NAME: Final = "s3"
+TITLE: Final = "Flush against raw bulk writes"
+NEEDS_POSTGRES: Final = True
+
+TARGET_RATIO: Final = 0.8
+
+_COLUMNS: Final = ("id, user_id, agent, chat_id, title, state, metadata, notes, is_active, "
+                   "message_count, created_at, updated_at, last_activity, expires_at, ended_at, "
+                   "end_reason, version, timeout")
+_ON_CONFLICT: Final = """
+ON CONFLICT (id) DO UPDATE SET
+    user_id = EXCLUDED.user_id, agent = EXCLUDED.agent, chat_id = EXCLUDED.chat_id,
+    title = EXCLUDED.title, state = EXCLUDED.state, metadata = EXCLUDED.metadata,
+    notes = EXCLUDED.notes, is_active = EXCLUDED.is_active,
+    message_count = EXCLUDED.message_count, created_at = EXCLUDED.created_at,
+    updated_at = EXCLUDED.updated_at, last_activity = EXCLUDED.last_activity,
+    expires_at = EXCLUDED.expires_at, ended_at = EXCLUDED.ended_at,
+    end_reason = EXCLUDED.end_reason, version = EXCLUDED.version, timeout = EXCLUDED.timeout
+WHERE sessions.version < EXCLUDED.version
+"""
+UPSERT_ONE: Final = (f"INSERT INTO sessions ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, "
+                     "$8::jsonb, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)" + _ON_CONFLICT)
+UPSERT_UNNEST: Final = (
+    f"INSERT INTO sessions ({_COLUMNS}) SELECT id, user_id, agent, chat_id, title, state, metadata::jsonb, "
+    "notes::jsonb, is_active, message_count, created_at, updated_at, last_activity, expires_at, ended_at, "
+    "end_reason, version, timeout FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], "
+    "$6::text[], $7::text[], $8::text[], $9::boolean[], $10::integer[], $11::timestamptz[], "
+    "$12::timestamptz[], $13::timestamptz[], $14::timestamptz[], $15::timestamptz[], $16::text[], "
+    f"$17::bigint[], $18::float8[]) AS row ({_COLUMNS})" + _ON_CONFLICT)
+
+
+def _row(s: Session) -> tuple[Any, ...]:
+    return (s.id, s.user_id, s.agent, s.chat_id, s.title, s.state, json.dumps(dict(s.metadata)), "[]",
+            s.is_active, s.message_count, s.created_at, s.updated_at, s.last_activity, s.expires_at,
+            s.ended_at, s.end_reason, s.version, s.timeout)
+
+
+def _batches(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+async def _raw_executemany(pool: _pg.RawPool, rows: list[tuple[Any, ...]], batch: int) -> float:
+    started = time.perf_counter()
+    for chunk in _batches(rows, batch):
+        await pool.executemany_in_transaction(UPSERT_ONE, chunk)
+    return time.perf_counter() - started
+
+
+async def _raw_unnest(pool: _pg.RawPool, columns: list[list[list[Any]]]) -> float:
+    started = time.perf_counter()
+    for chunk in columns:
+        await pool.execute_in_transaction(UPSERT_UNNEST, *chunk)
+    return time.perf_counter() - started
+
+
+async def _store_write(store: PostgresStore, sessions: list[Session], batch: int) -> float:
+    started = time.perf_counter()
+    for chunk in _batches(sessions, batch):
+        await store.write(WriteBatch(tuple(chunk), (), ()))
+    return time.perf_counter() - started
+
+
+async def _write_behind(store: PostgresStore, config: RuntimeConfig, sessions: list[Session]
+                        ) -> tuple[float, int]:
+    counters = Counters()
+    writebehind = WriteBehind(store, config, counters, random.Random(3))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writebehind.run)
+        started = time.perf_counter()
+        for i, session in enumerate(sessions):
+            if not writebehind.has_room():
+                await writebehind.wait_for_room()
+            writebehind.record(session)
+            if i % config.flush_batch == config.flush_batch - 1:
+                await trio.lowlevel.checkpoint()  # the actors' tasks take turns with the flusher
+        await writebehind.flush()
+        elapsed = time.perf_counter() - started
+        nursery.cancel_scope.cancel()
+    assert counters.flushed_sessions == len(sessions), counters
+    return elapsed, counters.flush_batches
+
+
+async def run(ctx: Context) -> Result:
+    result = Result(NAME, TITLE)
+    count = ctx.size(200_000, 2_000)
+    batch = ctx.size(2000, 500)
+    rounds = ctx.size(3, 1)
+    config = RuntimeConfig(flush_batch=batch)
+    base = [snapshot_like() for _ in range(count)]
+    times: dict[str, list[float]] = {"raw executemany": [], "raw unnest": [], "store.write": [],
+                                     "write-behind": []}
+    flush_batches = 0
+    async with ctx.fresh_database() as url:
+        store = PostgresStore(url, config)
+        async with store.connect(), _pg.open_raw_pool(url, config) as pool:
+            await _raw_executemany(pool, [_row(s) for s in base], batch)  # the rows exist from here on
+            version = 1
+            variants = list(times)
+            for round_ in range(rounds):
+                for name in variants[round_ % 4:] + variants[:round_ % 4]:
+                    version += 1
+                    await pool.execute("VACUUM sessions")
+                    sessions = [dataclasses.replace(s, version=version) for s in base]
+                    if name == "raw executemany":
+                        elapsed = await _raw_executemany(pool, [_row(s) for s in sessions], batch)
+                    elif name == "raw unnest":
+                        columns = [[list(column) for column in zip(*chunk, strict=True)]
+                                   for chunk in _batches([_row(s) for s in sessions], batch)]
+                        elapsed = await _raw_unnest(pool, columns)
+                    elif name == "store.write":
+                        elapsed = await _store_write(store, sessions, batch)
+                    else:
+                        elapsed, flush_batches = await _write_behind(store, config, sessions)
+                    times[name].append(elapsed)
+            stored = await pool.fetchval("SELECT count(*) FROM sessions WHERE version = $1", version)
+            assert stored == count, (stored, count)
+
+    raw_best = [min(a, b) for a, b in zip(times["raw executemany"], times["raw unnest"], strict=True)]
+    table = result.table(
+        f"{count:,} session rows updated per variant in batches of {batch:,} (one transaction each), "
+        f"median of {rounds} alternating rounds; ratio = rows/s over the faster raw variant of the round",
+        "variant", "rows/s", "ratio")
+    ratios = {}
+    for name, values in times.items():
+        ratios[name] = median([best / t for t, best in zip(values, raw_best, strict=True)])
+        table.add(name, median([count / t for t in values]), ratios[name])
+    result.checks.append(Check("s3 write-behind flush / raw bulk upsert, rows per second",
+                               ratios["write-behind"], TARGET_RATIO, ">="))
+    result.notes.append(f"the write-behind wrote {flush_batches} batches in its last round")
+    return result
