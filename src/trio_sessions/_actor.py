@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from uuid import UUID
 
@@ -190,6 +190,7 @@ class SessionActor:
         "id",
         "last_used",
         "messages",
+        "pending",
         "send",
         "session",
         "stopped",
@@ -206,6 +207,8 @@ class SessionActor:
         self.deadline = math.inf
         self.messages: deque[Message] = deque(maxlen=supervisor.config.max_messages)
         self.last_used = now
+        #: Commands sent (or being sent) and not yet answered; the sender counts up.
+        self.pending = 0
         #: Set when the actor has been told to stop; fires when its task has exited.
         self.stopped: trio.Event | None = None
         self._sup = supervisor
@@ -224,32 +227,52 @@ class SessionActor:
         finally:
             self._sup.actor_stopped(self)
 
+    def idle(self) -> bool:
+        """Loaded, serving, and nothing sent to it is still unanswered.
+
+        Then a caller may apply its command itself (`apply`), in its own task:
+        the order of arrival is kept (nothing is ahead of it) and the session
+        still has one writer at a time, since `apply` never checkpoints.
+        """
+        return self.pending == 0 and self.session is not None and self.stopped is None
+
+    def apply(self, command: Command) -> tuple[Any, DurableWaiter | None]:
+        """Apply one command, synchronously: (value, durable waiter or None).
+
+        Raises:
+            SessionError: the command was refused; nothing changed.
+        """
+        if self._deleted:
+            raise SessionNotFound(self.id)
+        value = _HANDLERS[type(command)](self, command)
+        waiter = self._sup.writebehind.durable_waiter(self.id) if getattr(command, "durable", False) else None
+        return value, waiter
+
     async def _serve(self) -> None:
         writebehind = self._sup.writebehind
         async for command, reply in self._receive:
-            if reply.abandoned:
-                continue
-            kind = type(command)
-            if kind in MUTATING and not writebehind.has_room():
-                await writebehind.wait_for_room()
+            try:
                 if reply.abandoned:
                     continue
-            if self._deleted:
-                reply.settle(None, SessionNotFound(self.id))
-                continue
-            try:
-                value = _HANDLERS[kind](self, command)
-            except SessionError as exc:
-                reply.settle(None, exc)
-                continue
-            if getattr(command, "durable", False):
-                reply.waiter = writebehind.durable_waiter(self.id)
-            reply.settle(value)
+                if type(command) in MUTATING and not writebehind.has_room():
+                    await writebehind.wait_for_room()
+                    if reply.abandoned:
+                        continue
+                try:
+                    value, reply.waiter = self.apply(command)
+                except SessionError as exc:
+                    reply.settle(None, exc)
+                else:
+                    reply.settle(value)
+            finally:
+                self.pending -= 1
+            del command, reply  # hold nothing between commands
 
     async def _refuse_all(self, exc: SessionError) -> None:
         sup = self._sup
         sup.retire(self)
         async for command, reply in self._receive:
+            self.pending -= 1
             if isinstance(exc, SessionNotFound):
                 reply.settle(None, SessionNotFound(self.id))
                 continue
@@ -313,14 +336,15 @@ class SessionActor:
             raise SessionInactive(session.id, session.end_reason)
         return session
 
-    def _activity(self, session: Session, now: float, message: Message | None = None,
-                  **changes: Any) -> Session:
+    def _activity(self, session: Session, now: float, message: Message | None = None) -> Session:
         """Sliding expiration: activity moves `expires_at` to `last_activity + timeout`."""
         clock = self._sup.clock
         wall = clock.to_wall(now)
         deadline, expires_at = clock.deadline_after(wall, session.timeout)
-        new = replace(session, last_activity=wall, expires_at=expires_at,
-                      updated_at=wall, version=session.version + 1, **changes)
+        if message is None:
+            new = _touched(session, wall, expires_at, wall, session.version + 1)
+        else:
+            new = _appended(session, wall, expires_at, wall, session.version + 1, message.seq)
         self.deadline = deadline
         self._sup.deadlines.touch(self.id, deadline)
         return self._commit(new, "updated", message)
@@ -349,7 +373,7 @@ class SessionActor:
         seq = session.message_count + 1
         message = Message(seq, command.role, command.content, clock.to_wall(now))
         self.messages.append(message)
-        return self._activity(session, now, message, message_count=seq)
+        return self._activity(session, now, message)
 
     def _add_note(self, command: AddNote) -> Session:
         clock = self._sup.clock
@@ -426,6 +450,29 @@ class SessionActor:
         messages = tuple(self.messages)
         return messages[-command.limit:]
 
+
+def _compile_copier(*changing: str) -> Callable[..., Session]:
+    """`dataclasses.replace` for one fixed set of fields, as straight-line code.
+
+    The activity paths make a new snapshot per call; `replace` spends ~4 us
+    looking fields up, this ~1 us (benchmarks/s1). The function is generated
+    once, at import, from `Session`'s own fields, as dataclasses does itself.
+    """
+    names = [f.name for f in fields(Session)]
+    assert set(changing) <= set(names), changing
+    lines = [f"def copy(session, {', '.join(changing)}):", "    new = new_object(Session)"]
+    lines += [f"    set_slot(new, {name!r}, {name if name in changing else 'session.' + name})"
+              for name in names]
+    lines.append("    return new")
+    namespace: dict[str, Any] = {"new_object": object.__new__, "set_slot": object.__setattr__,
+                                 "Session": Session}
+    exec("\n".join(lines), namespace)
+    copier: Callable[..., Session] = namespace["copy"]
+    return copier
+
+
+_touched = _compile_copier("last_activity", "expires_at", "updated_at", "version")
+_appended = _compile_copier("last_activity", "expires_at", "updated_at", "version", "message_count")
 
 _HANDLERS: dict[type, Callable[[SessionActor, Any], Any]] = {
     Touch: SessionActor._touch,

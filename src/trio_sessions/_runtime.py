@@ -31,6 +31,7 @@ from loguru import logger
 
 from . import _model as model
 from ._actor import (
+    MUTATING,
     AddNote,
     AppendMessage,
     Command,
@@ -282,6 +283,21 @@ class SessionRuntime:
         part of that time.
         """
         self._check_open()
+        if session_id in self._actors and self._actors[session_id].idle():
+            # Fast path: nothing is queued for this session, so the caller may
+            # apply its command itself (SessionActor.apply), sparing two task
+            # switches and the mailbox. It re-checks after its checkpoint.
+            await trio.lowlevel.checkpoint()
+            self._check_open()
+            actor = self._actors.get(session_id)
+            if actor is not None and actor.idle() and (
+                    type(command) not in MUTATING or self.writebehind.has_room()):
+                self._actors.move_to_end(session_id)
+                actor.last_used = trio.current_time()
+                value, waiter = actor.apply(command)
+                if waiter is not None:
+                    await waiter.wait()
+                return value
         reply = Reply()
         timeout = self.config.call_timeout
         if timeout is None:
@@ -305,28 +321,38 @@ class SessionRuntime:
             else:
                 self._actors.move_to_end(session_id)
                 actor.last_used = trio.current_time()
-            try:
-                actor.send.send_nowait((command, reply))
-            except trio.WouldBlock:
-                try:
-                    await actor.send.send((command, reply))
-                except trio.ClosedResourceError:
-                    self._check_open()
-                    continue
-            except trio.ClosedResourceError:  # pragma: no cover - retired actors leave the registry
-                continue
-            return
+            if await self._post(actor, command, reply):
+                return
+            self._check_open()
 
     async def _send_expire(self, session_id: UUID, deadline: float, reply: Reply) -> None:
         while True:
             actor = self._actors.get(session_id)
             if actor is None:
                 actor = self._activate(session_id, recently_used=False)
-            try:
-                await actor.send.send((Expire(deadline), reply))
+            if await self._post(actor, Expire(deadline), reply):
                 return
-            except trio.ClosedResourceError:
-                continue
+
+    @staticmethod
+    async def _post(actor: SessionActor, command: Command, reply: Reply) -> bool:
+        """Put a command in the actor's mailbox (waiting if it is full); False if it has retired.
+
+        `actor.pending` counts the command from now until the actor answers
+        it, so no caller takes the fast path past it.
+        """
+        actor.pending += 1
+        try:
+            try:
+                actor.send.send_nowait((command, reply))
+            except trio.WouldBlock:
+                await actor.send.send((command, reply))
+        except trio.ClosedResourceError:
+            actor.pending -= 1
+            return False
+        except BaseException:  # cancelled while waiting for room: never sent
+            actor.pending -= 1
+            raise
+        return True
 
     async def _expire_forever(self) -> None:
         while True:
