@@ -13,10 +13,11 @@ OPERATIONS: Final = (
     "end", "delete", "list", "context", "cleanup", "flush",
 )
 
-# Log-linear buckets: 16 per power of two from 1 µs, about 4.4 % wide.
+# Log-linear buckets (as in HdrHistogram): each power of two of microseconds
+# is split into 16 equal buckets, so a bucket is at most 1/16 of its value wide.
 _STEPS_PER_OCTAVE: Final = 16
-_FLOOR: Final = 1e-6
-_BUCKETS: Final = 40 * _STEPS_PER_OCTAVE
+_OCTAVES: Final = 40  # up to 2**40 us, about 12 days
+_BUCKETS: Final = _OCTAVES * _STEPS_PER_OCTAVE
 
 
 class LatencyHistogram:
@@ -36,8 +37,10 @@ class LatencyHistogram:
             self.errors += 1
         if seconds > self.max:
             self.max = seconds
-        index = 0 if seconds <= _FLOOR else int(math.log2(seconds / _FLOOR) * _STEPS_PER_OCTAVE) + 1
-        self._buckets[min(index, _BUCKETS - 1)] += 1
+        # frexp is a float's own exponent and mantissa (in [0.5, 1)): no logarithm needed.
+        mantissa, exponent = math.frexp(seconds * 1e6)
+        index = exponent * _STEPS_PER_OCTAVE + int((mantissa - 0.5) * 2 * _STEPS_PER_OCTAVE)
+        self._buckets[min(max(index, 0), _BUCKETS - 1)] += 1
 
     def quantile(self, q: float) -> float:
         """The upper edge of the bucket holding quantile `q` (never above `max`)."""
@@ -48,7 +51,8 @@ class LatencyHistogram:
         for index, n in enumerate(self._buckets):
             seen += n
             if seen >= rank:
-                edge: float = _FLOOR * 2.0 ** (index / _STEPS_PER_OCTAVE)
+                octave, step = divmod(index, _STEPS_PER_OCTAVE)
+                edge = math.ldexp(0.5 + (step + 1) / (2 * _STEPS_PER_OCTAVE), octave) / 1e6
                 return min(edge, self.max)
         return self.max  # pragma: no cover - ranks never exceed the count
 
