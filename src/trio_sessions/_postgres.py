@@ -57,6 +57,9 @@ T = TypeVar("T")
 #: milliseconds; a close that hangs (PITFALLS: a pending cancel) is cut short.
 POOL_CLOSE_TIMEOUT: Final = 5.0
 
+#: `application_name` of every connection, as `pg_stat_activity` shows it.
+_APPLICATION_NAME: Final = "trio-sessions"
+
 #: Timeout of the single connection made by the admin helpers below.
 ADMIN_CONNECT_TIMEOUT: Final = 10.0
 
@@ -103,11 +106,21 @@ ON CONFLICT (session_id, seq) DO NOTHING
 _DELETE_MESSAGES: Final = "DELETE FROM session_messages WHERE session_id = ANY($1::uuid[])"
 _DELETE_SESSIONS: Final = "DELETE FROM sessions WHERE id = ANY($1::uuid[])"
 
-_LOAD_SESSION: Final = f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE id = $1"
-
-_NEWEST_MESSAGES: Final = """
-SELECT seq, role, content, created_at FROM session_messages
-WHERE session_id = $1 ORDER BY seq DESC LIMIT $2
+# A session's row and its newest $2 messages in one statement: one round trip,
+# and one snapshot (a single statement sees one), so the messages match the
+# row even while a flush commits. The messages come as four arrays, oldest
+# first (NULL when there are none), which asyncpg decodes in C: cheaper than
+# a row per message repeating the session's columns, or JSON.
+_LOAD_SESSION: Final = f"""
+SELECT {", ".join(f"s.{column.strip()}" for column in _SESSION_COLUMNS.split(","))},
+       m.seqs, m.roles, m.contents, m.created
+FROM sessions AS s CROSS JOIN LATERAL (
+    SELECT array_agg(seq ORDER BY seq) AS seqs, array_agg(role ORDER BY seq) AS roles,
+           array_agg(content ORDER BY seq) AS contents, array_agg(created_at ORDER BY seq) AS created
+    FROM (SELECT seq, role, content, created_at FROM session_messages
+          WHERE session_id = s.id ORDER BY seq DESC LIMIT $2) AS newest
+) AS m
+WHERE s.id = $1
 """
 
 _NEWEST_MESSAGES_UP_TO: Final = """
@@ -215,10 +228,12 @@ class PostgresStore:
             migrations = load_migrations()
             async with _asyncio_loop() as loop:
                 with _store_errors():
+                    # On a connection of its own, closed before the pool opens:
+                    # the advisory lock is released by an explicit unlock (or
+                    # by closing), never left to a pooled connection's reset.
+                    await _run(loop, _aio_migrate_url, self._url, migrations, self._config.connect_timeout)
                     pool = await _run(loop, _aio_create_pool, self._url, self._config)
                 try:
-                    with _store_errors():
-                        await _run(loop, _aio_migrate_pool, pool, migrations)
                     self._loop, self._pool = loop, pool
                     yield
                 finally:
@@ -230,15 +245,16 @@ class PostgresStore:
     async def load(self, session_id: UUID, *, messages: int) -> tuple[Session, tuple[Message, ...]] | None:
         """The stored session and its newest `messages` messages, oldest first.
 
-        Both come from one snapshot (a repeatable-read transaction), so the
-        messages match the row even while another writer commits.
+        One statement, so one round trip and one snapshot: the messages match
+        the row even while another writer commits.
         Returns None when no such session is stored.
         """
-        found = await self._call(_aio_load, session_id, messages)
-        if found is None:
+        row = await self._call(_aio_fetchrow, _LOAD_SESSION, session_id, messages)
+        if row is None:
             return None
-        row, message_rows = found
-        return _session_from_row(row), _messages_from_rows(message_rows)
+        seqs = row[18]
+        loaded = () if seqs is None else tuple(map(Message, seqs, row[19], row[20], row[21]))
+        return _session_from_row(row), loaded
 
     async def load_messages(self, session_id: UUID, *, limit: int, up_to_seq: int) -> tuple[Message, ...]:
         """The newest `limit` messages with `seq <= up_to_seq`, oldest first."""
@@ -329,13 +345,21 @@ async def _aio_create_pool(url: str, config: RuntimeConfig) -> Pool:
         max_inactive_connection_lifetime=config.max_inactive_connection_lifetime,
         timeout=config.connect_timeout,
         command_timeout=config.command_timeout,
-        server_settings={"application_name": "trio-sessions"},
+        server_settings={"application_name": _APPLICATION_NAME},
+        reset=_aio_keep_session,
     )
 
 
-async def _aio_migrate_pool(pool: Pool, migrations: Sequence[tuple[str, str]]) -> list[str]:
-    async with pool.acquire() as connection:
-        return await _aio_apply_migrations(connection, migrations)
+async def _aio_keep_session(connection: asyncpg.Connection[asyncpg.Record]) -> None:
+    """The pool's reset: nothing (asyncpg has already rolled back an open transaction).
+
+    The default reset runs `SELECT pg_advisory_unlock_all(); CLOSE ALL;
+    UNLISTEN *; RESET ALL;` on every release: a round trip per call, for
+    session state this store never creates (no advisory locks, cursors,
+    LISTEN or SET on pooled connections: migrations run on a connection of
+    their own). A connection that broke is still dropped on release:
+    asyncpg terminates a closed connection instead of resetting it.
+    """
 
 
 async def _aio_apply_migrations(connection: Connection, migrations: Sequence[tuple[str, str]]) -> list[str]:
@@ -344,10 +368,10 @@ async def _aio_apply_migrations(connection: Connection, migrations: Sequence[tup
     The session-level advisory lock makes concurrent runners (several
     processes starting at once) take turns: the first applies, the others
     then find every file recorded. Each file and its record commit together.
-    On error the lock is not released here: an unlock on a broken or
-    cancelled connection would only hide the error, and the lock goes
-    anyway when the connection closes or returns to the pool (whose reset
-    runs `pg_advisory_unlock_all()`).
+    The caller gives a connection of its own (not a pooled one) and closes
+    it afterwards. On error the lock is not released here: an unlock on a
+    broken or cancelled connection would only hide the error, and the lock
+    goes anyway when the caller terminates the connection.
     """
     await connection.execute(_LOCK_MIGRATIONS, MIGRATION_LOCK_KEY)
     await connection.execute(_CREATE_SCHEMA_MIGRATIONS)
@@ -364,19 +388,12 @@ async def _aio_apply_migrations(connection: Connection, migrations: Sequence[tup
     return newly_applied
 
 
-async def _aio_load(pool: Pool, session_id: UUID, messages: int
-                    ) -> tuple[asyncpg.Record, list[asyncpg.Record]] | None:
-    async with pool.acquire() as connection, connection.transaction(
-            isolation="repeatable_read", readonly=True):
-        row = await connection.fetchrow(_LOAD_SESSION, session_id)
-        if row is None:
-            return None
-        newest = await connection.fetch(_NEWEST_MESSAGES, session_id, messages) if messages else []
-        return row, newest
-
-
 async def _aio_fetch(pool: Pool, sql: str, *args: object) -> list[asyncpg.Record]:
     return await pool.fetch(sql, *args)
+
+
+async def _aio_fetchrow(pool: Pool, sql: str, *args: object) -> asyncpg.Record | None:
+    return await pool.fetchrow(sql, *args)
 
 
 async def _aio_write(pool: Pool, sessions: list[Sequence[Any]] | None,
@@ -414,7 +431,8 @@ async def _aio_fetchval_once(url: str, sql: str, *args: object) -> Any:
 
 async def _aio_migrate_url(url: str, migrations: Sequence[tuple[str, str]], connect_timeout: float
                            ) -> list[str]:
-    connection = await asyncpg.connect(url, timeout=connect_timeout)
+    connection = await asyncpg.connect(url, timeout=connect_timeout,
+                                       server_settings={"application_name": _APPLICATION_NAME})
     try:
         applied = await _aio_apply_migrations(connection, migrations)
     except BaseException:
@@ -531,8 +549,9 @@ def _message_columns(messages: Sequence[tuple[UUID, Message]]) -> list[Sequence[
 
 
 def _session_from_row(row: asyncpg.Record) -> Session:
+    """The `Session` of a row's first 18 columns (`_SESSION_COLUMNS`; `load` adds more)."""
     (id_, user_id, agent, chat_id, title, state, metadata, notes, is_active, message_count,
-     created_at, updated_at, last_activity, expires_at, ended_at, end_reason, version, timeout) = row
+     created_at, updated_at, last_activity, expires_at, ended_at, end_reason, version, timeout) = row[:18]
     return Session(
         id=id_, user_id=user_id, agent=agent, chat_id=chat_id, title=title, state=state,
         metadata=check_metadata(json.loads(metadata)), notes=_decode_notes(notes),
@@ -569,7 +588,7 @@ def _is_transient(exc: BaseException) -> bool:
         # can fail its next query this way instead of as "connection is closed"
         # (MagicStack/asyncpg#784, #1069). We never share a connection between
         # calls, so the state clash can only be that dead connection; the pool
-        # drops it when its reset fails (test_lost_connections_are_replaced).
+        # drops it on release, closed by then (test_lost_connections_are_replaced).
         return str(exc).startswith("cannot switch to state")
     return False
 
