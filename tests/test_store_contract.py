@@ -232,6 +232,26 @@ async def test_live_deadlines_lists_only_active_sessions(store: Store) -> None:
     assert await store.live_deadlines() == []
 
 
+async def test_load_sessions_returns_the_stored_rows(store: Store) -> None:
+    active = make_session(message_count=2)
+    ended = make_session(is_active=False, ended_at=T0, end_reason="expired", version=4,
+                         metadata={"k": [1, "v"]})
+    deleted = make_session()
+    await write(store, [active, ended, deleted], [(active.id, make_message(1)), (active.id, make_message(2))])
+    await write(store, deletes=[deleted.id])
+
+    unknown = uuid4()
+    loaded = await store.load_sessions([active.id, unknown, ended.id, deleted.id, active.id])
+    assert loaded == {active.id: active, ended.id: ended}
+    assert isinstance(loaded[ended.id].metadata, JsonObject)
+    assert await store.load_sessions([]) == {}
+    assert await store.load_sessions((unknown,)) == {}
+
+    newer = dataclasses.replace(active, version=2, title="newer")
+    await write(store, [newer])
+    assert await store.load_sessions([active.id]) == {active.id: newer}
+
+
 async def test_concurrent_calls_from_many_tasks(store: Store) -> None:
     sessions = [make_session(created_at=T0 + timedelta(seconds=i)) for i in range(30)]
 

@@ -123,6 +123,8 @@ FROM sessions AS s CROSS JOIN LATERAL (
 WHERE s.id = $1
 """
 
+_LOAD_SESSIONS: Final = f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE id = ANY($1::uuid[])"
+
 _NEWEST_MESSAGES_UP_TO: Final = """
 SELECT seq, role, content, created_at FROM session_messages
 WHERE session_id = $1 AND seq <= $2 ORDER BY seq DESC LIMIT $3
@@ -255,6 +257,14 @@ class PostgresStore:
         seqs = row[18]
         loaded = () if seqs is None else tuple(map(Message, seqs, row[19], row[20], row[21]))
         return _session_from_row(row), loaded
+
+    async def load_sessions(self, session_ids: Sequence[UUID]) -> dict[UUID, Session]:
+        """The stored rows (without messages) of those of `session_ids` that exist, in one statement."""
+        if not session_ids:
+            await trio.lowlevel.checkpoint()
+            return {}
+        rows = await self._call(_aio_fetch, _LOAD_SESSIONS, list(session_ids))
+        return {row[0]: _session_from_row(row) for row in rows}
 
     async def load_messages(self, session_id: UUID, *, limit: int, up_to_seq: int) -> tuple[Message, ...]:
         """The newest `limit` messages with `seq <= up_to_seq`, oldest first."""

@@ -2,13 +2,14 @@
 
 A store is the system of record. The runtime talks to it only from the
 write-behind flusher (`write`) and when it activates a session (`load`),
-lists sessions (`list`) or starts (`live_deadlines`).
+expires sessions that are not resident (`load_sessions`), lists sessions
+(`list`) or starts (`live_deadlines`).
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -86,6 +87,10 @@ class Store(Protocol):
         """The newest `limit` messages with `seq <= up_to_seq`, oldest first."""
         ...
 
+    async def load_sessions(self, session_ids: Sequence[UUID]) -> dict[UUID, Session]:
+        """The stored rows (without messages) of those of `session_ids` that exist."""
+        ...
+
     async def live_deadlines(self) -> list[tuple[UUID, datetime]]:
         """`(id, expires_at)` of every active session."""
         ...
@@ -133,6 +138,11 @@ class MemoryStore:
         stored = self._messages.get(session_id, [])
         end = bisect.bisect_right(stored, up_to_seq, key=lambda m: m.seq)
         return tuple(stored[max(0, end - limit):end])
+
+    async def load_sessions(self, session_ids: Sequence[UUID]) -> dict[UUID, Session]:
+        await trio.lowlevel.checkpoint()
+        stored = self._sessions
+        return {session_id: stored[session_id] for session_id in session_ids if session_id in stored}
 
     async def live_deadlines(self) -> list[tuple[UUID, datetime]]:
         await trio.lowlevel.checkpoint()

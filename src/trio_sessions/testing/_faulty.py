@@ -65,8 +65,8 @@ class FaultStatistics:
 class FaultyStore:
     """A `Store` that wraps another and injects PostgreSQL's transient failures.
 
-    Every call (`load`, `load_messages`, `live_deadlines`, `write`, `list`,
-    `health_check`) first sleeps for a latency drawn from `latency` (a
+    Every call (`load`, `load_messages`, `load_sessions`, `live_deadlines`,
+    `write`, `list`, `health_check`) first sleeps for a latency drawn from `latency` (a
     checkpoint even when it is 0), then:
 
     1. inside an outage window, raises `StoreUnavailable` ("connection refused");
@@ -158,6 +158,10 @@ class FaultyStore:
     async def load_messages(self, session_id: UUID, *, limit: int, up_to_seq: int) -> tuple[Message, ...]:
         await self._arrive()
         return await self.inner.load_messages(session_id, limit=limit, up_to_seq=up_to_seq)
+
+    async def load_sessions(self, session_ids: Sequence[UUID]) -> dict[UUID, Session]:
+        await self._arrive()
+        return await self.inner.load_sessions(session_ids)
 
     async def live_deadlines(self) -> list[tuple[UUID, datetime]]:
         await self._arrive()
