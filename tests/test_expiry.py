@@ -270,3 +270,34 @@ async def test_expiry_survives_a_store_outage(autojump_clock: MockClock) -> None
         await rt.flush()
     stored = await store.inner.load(session.id, messages=0)
     assert stored is not None and stored[0].end_reason == "expired"
+
+
+async def test_sessions_without_actors_expire_in_one_read(autojump_clock: MockClock) -> None:
+    class CountingStore(MemoryStore):
+        """A real MemoryStore that counts its reads."""
+
+        loads = batches = 0
+
+        async def load(self, session_id, *, messages):  # type: ignore[no-untyped-def]
+            self.loads += 1
+            return await super().load(session_id, messages=messages)
+
+        async def load_sessions(self, session_ids):  # type: ignore[no-untyped-def]
+            self.batches += 1
+            return await super().load_sessions(session_ids)
+
+    store = CountingStore()
+    async with open_runtime(config(max_resident=5), store=store) as rt:
+        sessions = [await rt.create(f"u{i}", "geral", timeout=10.0) for i in range(50)]
+        await rt.flush()  # out of the buffer: expiring them needs the store
+        resident = sessions[:5]
+        for session in resident:
+            await rt.get(session.id)  # the five residents
+        store.loads = 0
+        passivations = rt.metrics().passivations
+        await trio.sleep_until(rt.clock.to_trio(sessions[-1].expires_at) + 1.0)
+        assert rt.metrics().expired == 50
+        assert store.loads == 0 and store.batches == 1  # 45 sessions, one query
+        assert rt.metrics().passivations == passivations  # no live actor was evicted for it
+        for session in sessions:
+            assert (await rt.get(session.id)).ended_at == session.expires_at

@@ -178,6 +178,12 @@ class Supervisor(Protocol):
     async def read_store(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T: ...
 
 
+class Predecessor(Protocol):
+    """What held a session before a new actor: a stopping actor, or the expiry task's hold."""
+
+    stopped: trio.Event | None
+
+
 class SessionActor:
     """The task that owns one resident session. Only the runtime creates these."""
 
@@ -197,7 +203,7 @@ class SessionActor:
     )
 
     def __init__(self, session_id: UUID, supervisor: Supervisor,
-                 predecessor: SessionActor | None, now: float) -> None:
+                 predecessor: Predecessor | None, now: float) -> None:
         self.id = session_id
         self.send, self._receive = trio.open_memory_channel[tuple[Command, Reply]](
             supervisor.config.mailbox_size)
@@ -428,9 +434,7 @@ class SessionActor:
         """Soft delete at the deadline itself, however late the expiry task runs."""
         session = self.session
         assert session is not None
-        at = session.expires_at
-        new = replace(session, is_active=False, ended_at=at, end_reason="expired", updated_at=at,
-                      version=session.version + 1)
+        new = expired_snapshot(session)
         self.deadline = math.inf
         sup = self._sup
         sup.deadlines.discard(self.id)
@@ -449,6 +453,13 @@ class SessionActor:
     def _context(self, command: Context) -> tuple[Message, ...]:
         messages = tuple(self.messages)
         return messages[-command.limit:]
+
+
+def expired_snapshot(session: Session) -> Session:
+    """The snapshot after expiry: a soft delete dated at the deadline itself."""
+    at = session.expires_at
+    return replace(session, is_active=False, ended_at=at, end_reason="expired", updated_at=at,
+                   version=session.version + 1)
 
 
 def _compile_copier(*changing: str) -> Callable[..., Session]:

@@ -44,6 +44,7 @@ from ._actor import (
     SessionActor,
     Touch,
     Update,
+    expired_snapshot,
 )
 from ._clock import Clock
 from ._config import RuntimeConfig
@@ -82,6 +83,19 @@ def _measured(name: str) -> Callable[[Callable[P, Coroutine[Any, Any, T]]],
         return wrapper
 
     return decorate
+
+
+class _Hold:
+    """Holds a session that has no actor while the expiry task expires it."""
+
+    __slots__ = ("stopped",)
+
+    def __init__(self) -> None:
+        self.stopped: trio.Event | None = trio.Event()
+
+    def release(self) -> None:
+        assert self.stopped is not None
+        self.stopped.set()
 
 
 class _ExpiryReply(Reply):
@@ -157,7 +171,9 @@ class SessionRuntime:
         self.writebehind = WriteBehind(store, config, self.counters, random.Random(random.getrandbits(64)))
         self._nursery: trio.Nursery  # the supervisor nursery, from _start()
         self._actors: OrderedDict[UUID, SessionActor] = OrderedDict()
-        self._retiring: dict[UUID, SessionActor] = {}
+        # Actors stopping, and holds of the expiry task: a new actor for one of
+        # these sessions waits for it to finish first.
+        self._retiring: dict[UUID, SessionActor | _Hold] = {}
         self._running = 0
         self._all_stopped = trio.lowlevel.ParkingLot()
         # A dict, not a set: events reach subscribers in the order they subscribed.
@@ -355,12 +371,81 @@ class SessionRuntime:
         return True
 
     async def _expire_forever(self) -> None:
-        while True:
-            for session_id, deadline in await self.deadlines.wait_due():
-                # Not awaited (one slow activation must not hold up the rest), but
-                # tracked until the actor has answered, for cleanup_old_sessions.
+        async with trio.open_nursery() as nursery:
+            while True:
+                due = await self.deadlines.wait_due()
+                resident, held = self._split_resident(due)
+                for session_id, deadline in resident:
+                    # Not awaited (one slow session must not hold up the rest), but
+                    # tracked until the actor has answered, for cleanup_old_sessions.
+                    self._expiring[session_id] = deadline
+                    await self._send_expire(session_id, deadline, _ExpiryReply(self._expiring, session_id))
+                if held:
+                    nursery.start_soon(self._expire_without_actors, held)
+
+    def _split_resident(self, due: list[tuple[UUID, float]]) -> tuple[
+            list[tuple[UUID, float]], dict[UUID, tuple[_Hold, float]]]:
+        """Due sessions with an actor (or one stopping), and holds on all the others."""
+        resident = []
+        held = {}
+        for session_id, deadline in due:
+            if session_id in self._actors or session_id in self._retiring:
+                resident.append((session_id, deadline))
+            else:
+                hold = _Hold()
+                self._retiring[session_id] = hold  # an actor started meanwhile waits for it
                 self._expiring[session_id] = deadline
-                await self._send_expire(session_id, deadline, _ExpiryReply(self._expiring, session_id))
+                held[session_id] = (hold, deadline)
+        return resident, held
+
+    async def _expire_without_actors(self, held: dict[UUID, tuple[_Hold, float]]) -> tuple[int, int]:
+        """Expire sessions that have no actor, reading them all in one store query.
+
+        Starting an actor per session would cost a task, a store round trip
+        and, with max_resident reached, the eviction of a live actor that will
+        need loading again (benchmarks/s5). Each session is held (an actor
+        started for it waits) until its expiry is recorded. Returns (expired,
+        could not be read); the latter are deferred and retried.
+        """
+        expired_count = failed = 0
+        try:
+            rows: dict[UUID, Session] = {}
+            to_load = []
+            for session_id in held:
+                row, deleted, _ = self.writebehind.lookup(session_id)
+                if row is not None:
+                    rows[session_id] = row
+                elif not deleted:
+                    to_load.append(session_id)
+            if to_load:
+                try:
+                    rows.update(await self.read_store(self.store.load_sessions, to_load))
+                except StoreUnavailable:
+                    until = self.clock.now() + self.config.retry_max_delay
+                    for session_id in to_load:
+                        self.deadlines.defer(session_id, held[session_id][1], until)
+                    failed = len(to_load)
+            await self.writebehind.wait_for_room()
+            now = self.clock.now()
+            for session_id, row in rows.items():
+                if not row.is_active:
+                    continue
+                deadline = self.clock.to_trio(row.expires_at)
+                if deadline > now:  # written by another process since: not due after all
+                    self.deadlines.touch(session_id, deadline)
+                    continue
+                session = expired_snapshot(row)
+                self.writebehind.record(session)
+                self.counters.expired += 1
+                self.publish("expired", session)
+                expired_count += 1
+        finally:
+            for session_id, (hold, _) in held.items():
+                hold.release()
+                if self._retiring.get(session_id) is hold:
+                    del self._retiring[session_id]
+                self._expiring.pop(session_id, None)
+        return expired_count, failed
 
     async def _passivate_idle_forever(self) -> None:
         idle = self.config.passivate_after
@@ -611,15 +696,17 @@ class SessionRuntime:
         self._check_open()
         await trio.lowlevel.checkpoint()
         # Also those the expiry task is expiring right now: this call's command
-        # queues behind the task's, so it returns only once they are done.
-        due = [*self.deadlines.pop_deferred(), *self.deadlines.pop_due(trio.current_time()),
-               *self._expiring.items()]
+        # queues behind the task's (or its actor waits for the task's hold), so
+        # it returns only once they are done.
+        due = [*self.deadlines.pop_deferred(), *self.deadlines.pop_due(trio.current_time())]
+        in_flight = list(self._expiring.items())
+        resident, held = self._split_resident(due)
         replies = []
-        for session_id, deadline in due:
+        for session_id, deadline in [*resident, *in_flight]:
             reply = Reply()
             await self._send_expire(session_id, deadline, reply)
             replies.append(reply)
-        expired = failed = 0
+        expired, failed = await self._expire_without_actors(held) if held else (0, 0)
         for reply in replies:
             try:
                 expired += bool(await reply.wait())
