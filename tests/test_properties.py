@@ -100,16 +100,32 @@ def test_faults_lose_no_acknowledged_write(data: DataObject, scheduling: Any, se
     store = FaultyStore(MemoryStore(), seed=seed, failure_rate=0.2, unknown_commit_rate=0.1,
                         latency=(0.0, 0.05), outages=[(3.0, 6.0), (20.0, 21.0)])
 
+    # Sessions some task has asked to delete. Another task's delete may commit
+    # between a durable call's return and the check below (found by Hypothesis:
+    # the check's own store read is a checkpoint), and only a delete removes a
+    # stored row; lost writes of those sessions are still caught at the end,
+    # where the store is compared with the model.
+    deleting: set[Any] = set()
+
     async def durable_is_committed(call: Any, result: Any) -> None:
         # durable=True returns only after the commit: the store already has it.
         from trio_sessions import Session
 
         if getattr(call, "durable", False) is True and isinstance(result, Session):
             stored = await store.inner.load(result.id, messages=0)
+            if stored is None and result.id in deleting:
+                return
             assert stored is not None and stored[0].version >= result.version, (call, result)
 
     async def main() -> None:
         async with _open_retrying(store) as rt:
+            delete = rt.delete
+
+            async def recording_delete(session_id: Any) -> None:
+                deleting.add(session_id)
+                await delete(session_id)
+
+            rt.delete = recording_delete  # type: ignore[method-assign]
             await _workload_and_check(rt, data, store.inner, tasks=3, steps=10,
                                       after_call=durable_is_committed)
 
