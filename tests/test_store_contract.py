@@ -224,12 +224,50 @@ async def test_live_deadlines_lists_only_active_sessions(store: Store) -> None:
     a = make_session(timeout=60.0)
     b = make_session(created_at=T0 + timedelta(hours=1))
     ended = make_session(is_active=False, ended_at=T0, end_reason="ended")
-    await write(store, [a, b, ended])
-    assert sorted(await store.live_deadlines()) == sorted([(a.id, a.expires_at), (b.id, b.expires_at)])
+    await write(store, [b, ended, a])
+    assert await store.live_deadlines() == [(a.id, a.expires_at.timestamp()),
+                                            (b.id, b.expires_at.timestamp())]
 
     await write(store, [dataclasses.replace(b, version=2, is_active=False, end_reason="expired")],
                 deletes=[a.id])
     assert await store.live_deadlines() == []
+
+
+async def test_live_deadlines_come_in_deadline_order(store: Store) -> None:
+    sessions = [make_session(timeout=float(1 + (i * 37) % 50)) for i in range(50)]
+    await write(store, sessions)
+    live = await store.live_deadlines()
+    assert [deadline for _, deadline in live] == sorted(s.expires_at.timestamp() for s in sessions)
+    assert sorted(session_id for session_id, _ in live) == sorted(s.id for s in sessions)
+
+
+# Instants whose POSIX timestamps no float holds exactly: the store's float must
+# be the correctly rounded one, as `datetime.timestamp()` computes it.
+AWKWARD_INSTANTS = [
+    T0,
+    datetime(2025, 3, 1, 12, 0, 0, 1, tzinfo=UTC),
+    datetime(2025, 3, 1, 12, 0, 0, 999_999, tzinfo=UTC),
+    datetime(2024, 2, 29, 23, 59, 59, 100_001, tzinfo=UTC),
+    datetime(2038, 1, 19, 3, 14, 7, 999_997, tzinfo=UTC),
+    datetime(1969, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
+    datetime(1970, 1, 1, 0, 0, 0, 1, tzinfo=UTC),
+    datetime(1901, 12, 13, 20, 45, 52, 300_003, tzinfo=UTC),
+    # Not datetime.max itself: asyncpg sends datetime.max (and .min) as PostgreSQL's infinity.
+    datetime(9999, 12, 31, 23, 59, 59, 999_998, tzinfo=UTC),
+    datetime(1, 1, 1, 0, 0, 0, 1, tzinfo=UTC),
+    *(datetime(2025, 6, 15, 8, 30, tzinfo=UTC) + timedelta(microseconds=m)
+      for m in (3, 7, 10, 33, 77, 100_003, 333_333, 666_667, 700_001, 900_009)),
+]
+
+
+async def test_live_deadlines_are_exact_timestamps(store: Store) -> None:
+    sessions = [make_session(expires_at=instant) for instant in AWKWARD_INSTANTS]
+    await write(store, sessions)
+    live = dict(await store.live_deadlines())
+    for session in sessions:
+        deadline = live[session.id]
+        assert type(deadline) is float
+        assert deadline == session.expires_at.timestamp(), session.expires_at
 
 
 async def test_load_sessions_returns_the_stored_rows(store: Store) -> None:

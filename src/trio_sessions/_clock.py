@@ -52,6 +52,10 @@ class Clock:
         """The Trio time of a UTC datetime."""
         return wall.timestamp() - self._offset
 
+    def timestamp_to_trio(self, timestamp: float) -> float:
+        """The Trio time of a POSIX timestamp (equal to `to_trio` of its datetime)."""
+        return timestamp - self._offset
+
     def deadline_after(self, wall: datetime, seconds: float) -> tuple[float, datetime]:
         """The deadline `seconds` after `wall`, as (Trio time, UTC datetime).
 

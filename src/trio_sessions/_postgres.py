@@ -130,7 +130,12 @@ SELECT seq, role, content, created_at FROM session_messages
 WHERE session_id = $1 AND seq <= $2 ORDER BY seq DESC LIMIT $3
 """
 
-_LIVE_DEADLINES: Final = "SELECT id, expires_at FROM sessions WHERE is_active"
+# extract() gives the exact numeric number of seconds (PostgreSQL 14 and later);
+# its cast to float8 rounds correctly, as Python's datetime.timestamp() does,
+# so the two are equal (test_live_deadlines_are_exact_timestamps).
+_LIVE_DEADLINES: Final = """
+SELECT id, extract(epoch FROM expires_at)::float8 FROM sessions WHERE is_active ORDER BY expires_at
+"""
 
 _HEALTH_CHECK: Final = "SELECT 1"
 
@@ -271,10 +276,10 @@ class PostgresStore:
         rows = await self._call(_aio_fetch, _NEWEST_MESSAGES_UP_TO, session_id, up_to_seq, limit)
         return _messages_from_rows(rows)
 
-    async def live_deadlines(self) -> list[tuple[UUID, datetime]]:
-        """`(id, expires_at)` of every active session, in no particular order."""
+    async def live_deadlines(self) -> list[tuple[UUID, float]]:
+        """`(id, expires_at.timestamp())` of every active session, by `expires_at`."""
         rows = await self._call(_aio_fetch, _LIVE_DEADLINES)
-        return [(row[0], row[1]) for row in rows]
+        return [tuple(row) for row in rows]  # (uuid, float8): see the SQL
 
     async def write(self, batch: WriteBatch) -> None:
         """Apply one batch in one transaction (see `WriteBatch`).

@@ -22,7 +22,6 @@ import random
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime
 from typing import TYPE_CHECKING, Final
 from uuid import UUID
 
@@ -163,7 +162,7 @@ class FaultyStore:
         await self._arrive()
         return await self.inner.load_sessions(session_ids)
 
-    async def live_deadlines(self) -> list[tuple[UUID, datetime]]:
+    async def live_deadlines(self) -> list[tuple[UUID, float]]:
         await self._arrive()
         return await self.inner.live_deadlines()
 
