@@ -30,11 +30,27 @@ MIN_SECONDS: Final = 1e-6
 #: Integers in metadata must fit 64 bits (JSON consumers lose precision beyond).
 MAX_JSON_INT: Final = 2**63 - 1
 
+_COMPACT_JSON: Final = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
 
 class JsonObject(dict[str, Any]):
-    """A read-only JSON object: a `dict` (so `json.dumps` takes it) that refuses changes."""
+    """A read-only JSON object: a `dict` (so `json.dumps` takes it) that refuses changes.
 
-    __slots__ = ()
+    Being immutable, and shared by every version of a session until its
+    metadata changes, it keeps its JSON text once computed (`json_text`), so
+    flushing a session over and over encodes its metadata once.
+    """
+
+    __slots__ = ("_json",)
+    _json: str
+
+    def json_text(self) -> str:
+        """Compact JSON (`ensure_ascii=False`, no NaN), computed on the first call only."""
+        try:
+            return self._json
+        except AttributeError:
+            self._json = _COMPACT_JSON.encode(self)
+            return self._json
 
     def _readonly(self, *args: object, **kwargs: object) -> NoReturn:
         raise TypeError("session metadata is read-only; pass new metadata to update()")

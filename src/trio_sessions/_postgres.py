@@ -28,7 +28,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeAlias, TypeVar
@@ -41,7 +41,7 @@ import trio_asyncio  # type: ignore[import-untyped]  # trio-asyncio ships no typ
 from ._config import RuntimeConfig
 from ._errors import InvalidArgument, StoreUnavailable, WriteRejected
 from ._migrations import MIGRATION_LOCK_KEY, load_migrations
-from ._model import Message, Note, Session, check_metadata, check_text
+from ._model import JsonObject, Message, Note, Session, check_metadata, check_text
 from ._store import ListQuery, WriteBatch
 
 if TYPE_CHECKING:
@@ -512,15 +512,27 @@ async def _close_pool(loop: Any, pool: Pool) -> None:
 _STRING_OR_EXPONENT_NUMBER: Final = re.compile(r'("(?:[^"\\]|\\.)*")|(-?[0-9.]+e\+[0-9]+)')
 
 
-def _encode_metadata(metadata: Any) -> str:
+#: One encoder for every row (json.dumps with options builds a new one per call).
+_COMPACT_JSON: Final = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+#: `json.dumps(text, ensure_ascii=False)` of a str, in C.
+_json_string: Final[Callable[[str], str]] = json.encoder.encode_basestring
+
+
+def _encode_metadata(metadata: Mapping[str, Any]) -> str:
     """JSON text for a jsonb column that reads back as the same Python values.
 
     jsonb keeps a number as an exact decimal and prints it without exponent,
     so a float that json.dumps writes as `1.5e+300` (any float of 1e16 or
     more) would read back as an int. Written positionally with a `.0`, it
     reads back as the same float (test_round_trip_of_every_field).
+
+    Most sessions have no metadata; the others share one immutable
+    `JsonObject` across their versions, which encodes itself once.
     """
-    text = json.dumps(metadata, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    if not metadata:
+        return "{}"
+    text = metadata.json_text() if type(metadata) is JsonObject else _COMPACT_JSON.encode(metadata)
     if "e+" not in text:
         return text
     return _STRING_OR_EXPONENT_NUMBER.sub(_positional, text)
@@ -532,9 +544,16 @@ def _positional(match: re.Match[str]) -> str:
 
 
 def _encode_notes(notes: tuple[Note, ...]) -> str:
-    return json.dumps(
-        [{"text": note.text, "created_at": note.created_at.astimezone(UTC).isoformat()} for note in notes],
-        ensure_ascii=False, separators=(",", ":"))
+    """`[{"text": ..., "created_at": "<ISO-8601 UTC>"}, ...]`, as compact JSON.
+
+    The same text as json.dumps of that list, built directly: an ISO
+    timestamp needs no escaping, and most sessions have no notes at all.
+    """
+    if not notes:
+        return "[]"
+    return "[" + ",".join(
+        f'{{"text":{_json_string(note.text)},"created_at":"{note.created_at.astimezone(UTC).isoformat()}"}}'
+        for note in notes) + "]"
 
 
 def _decode_notes(text: str) -> tuple[Note, ...]:
@@ -547,14 +566,22 @@ def _as_utc(value: datetime) -> datetime:
 
 
 def _session_columns(sessions: Sequence[Session]) -> list[Sequence[Any]]:
-    """The 18 column arrays of `_UPSERT_SESSIONS`, rows in id order."""
+    """The 18 column arrays of `_UPSERT_SESSIONS`, rows in id order.
+
+    Sorted by `id.int`: the same order as by `id` (UUIDs compare by it), but
+    compared in C rather than by `UUID.__lt__`, ten times faster.
+    """
     rows = [
         (s.id, s.user_id, s.agent, s.chat_id, s.title, s.state, _encode_metadata(s.metadata),
          _encode_notes(s.notes), s.is_active, s.message_count, s.created_at, s.updated_at,
          s.last_activity, s.expires_at, s.ended_at, s.end_reason, s.version, s.timeout)
-        for s in sorted(sessions, key=lambda s: s.id)
+        for s in sorted(sessions, key=_id_int)
     ]
     return list(zip(*rows, strict=True))
+
+
+def _id_int(session: Session) -> int:
+    return session.id.int
 
 
 def _message_columns(messages: Sequence[tuple[UUID, Message]]) -> list[Sequence[Any]]:
