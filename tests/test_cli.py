@@ -84,7 +84,7 @@ def test_migrate_needs_database_url(monkeypatch: pytest.MonkeyPatch, capsys: pyt
 async def test_migrate_applies_the_schema_once(postgres_url: str,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     assert await run_migrate(postgres_url) == 0
-    assert capsys.readouterr().out == "applied 1 migrations: 0001_initial.sql\n"
+    assert capsys.readouterr().out == "applied 2 migrations: 0001_initial.sql, 0002_hot_updates.sql\n"
     assert await run_migrate(postgres_url) == 0
     assert capsys.readouterr().out == "the schema is up to date; nothing to apply\n"
 
