@@ -10,6 +10,8 @@ from collections import defaultdict
 from typing import Any
 from uuid import UUID
 
+import trio
+
 from trio_sessions import (
     Message,
     Session,
@@ -138,6 +140,15 @@ def check_events(events: list[SessionEvent]) -> None:
         else:
             assert event.kind == "created", event
         last[event.session.id] = event
+
+
+async def collect_events(rt: SessionRuntime, events: list[SessionEvent], *,
+                         task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """Append every event of the runtime to `events` (started once subscribed)."""
+    async with rt.subscribe(buffer=1_000_000) as stream:
+        task_status.started()
+        async for event in stream:
+            events.append(event)
 
 
 def resident_watch(rt: SessionRuntime) -> Any:

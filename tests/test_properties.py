@@ -31,7 +31,7 @@ from trio_sessions.testing import (
     run_workload,
 )
 
-from .properties import check_runtime, resident_watch
+from .properties import check_runtime, collect_events, resident_watch
 
 # Small limits, so that passivation, eviction, batching and context trimming
 # all happen within a few dozen calls.
@@ -42,20 +42,12 @@ TIMEOUTS = st.sampled_from([1.0, 3.0, 7.5, 600.0, 600.0, 600.0])
 PAUSES = st.sampled_from([0.0, 0.0, 0.0, 0.25, 1.0, 2.5, 8.0])
 
 
-async def _collect(rt: SessionRuntime, events: list[SessionEvent], *,
-                   task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-    async with rt.subscribe(buffer=1_000_000) as stream:
-        task_status.started()
-        async for event in stream:
-            events.append(event)
-
-
 async def _workload_and_check(rt: SessionRuntime, data: DataObject, store: Any, *,
                               tasks: int, steps: int, after_call: Any = None) -> None:
     history = History()
     events: list[SessionEvent] = []
     async with trio.open_nursery() as nursery:
-        await nursery.start(_collect, rt, events)
+        await nursery.start(collect_events, rt, events)
         watch = resident_watch(rt)
 
         async def hooks(call: Any, result: Any) -> None:
@@ -151,7 +143,7 @@ def test_restart_at_a_random_point_keeps_every_acknowledged_change(
         # The first runtime has closed and flushed; a new one starts on the same store.
         async with _open_retrying(store) as rt, trio.open_nursery() as nursery:
             events: list[SessionEvent] = []
-            await nursery.start(_collect, rt, events)
+            await nursery.start(collect_events, rt, events)
             sessions = await run_workload(rt, data, history, tasks=2, steps=6, timeouts=TIMEOUTS,
                                           pauses=PAUSES, sessions=sessions)
             await check_runtime(rt, history, inner, sessions, [])
