@@ -41,7 +41,7 @@ import trio_asyncio  # type: ignore[import-untyped]  # trio-asyncio ships no typ
 from ._config import RuntimeConfig
 from ._errors import InvalidArgument, StoreUnavailable, WriteRejected
 from ._migrations import MIGRATION_LOCK_KEY, load_migrations
-from ._model import JsonObject, Message, Note, Session, check_metadata, check_text
+from ._model import EMPTY_METADATA, JsonObject, Message, Note, Session, check_metadata, check_text
 from ._store import ListQuery, WriteBatch
 
 if TYPE_CHECKING:
@@ -596,7 +596,9 @@ def _session_from_row(row: asyncpg.Record) -> Session:
      created_at, updated_at, last_activity, expires_at, ended_at, end_reason, version, timeout) = row[:18]
     return Session(
         id=id_, user_id=user_id, agent=agent, chat_id=chat_id, title=title, state=state,
-        metadata=check_metadata(json.loads(metadata)), notes=_decode_notes(notes),
+        # jsonb prints an empty object or array so: most sessions skip decoding.
+        metadata=EMPTY_METADATA if metadata == "{}" else check_metadata(json.loads(metadata)),
+        notes=() if notes == "[]" else _decode_notes(notes),
         is_active=is_active, message_count=message_count, created_at=created_at,
         updated_at=updated_at, last_activity=last_activity, expires_at=expires_at,
         ended_at=ended_at, end_reason=end_reason, version=version, timeout=timeout,
