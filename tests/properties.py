@@ -6,7 +6,6 @@ test_properties_postgres.py (real time, PostgreSQL).
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Any
 from uuid import UUID
 
@@ -158,10 +157,3 @@ def resident_watch(rt: SessionRuntime) -> Any:
         assert rt.metrics().resident <= rt.config.max_resident
 
     return check
-
-
-def events_by_session(events: list[SessionEvent]) -> dict[UUID, list[SessionEvent]]:
-    grouped: dict[UUID, list[SessionEvent]] = defaultdict(list)
-    for event in events:
-        grouped[event.session.id].append(event)
-    return grouped

@@ -60,7 +60,6 @@ T = TypeVar("T")
 
 MAX_PAGE: Final = 1000
 _UNSET: Final[Any] = object()
-_UPDATABLE: Final = ("title", "state", "agent", "chat_id", "metadata")
 
 
 def _measured(name: str) -> Callable[[Callable[P, Coroutine[Any, Any, T]]],
@@ -299,7 +298,8 @@ class SessionRuntime:
         part of that time.
         """
         self._check_open()
-        if session_id in self._actors and self._actors[session_id].idle():
+        actor = self._actors.get(session_id)
+        if actor is not None and actor.idle():
             # Fast path: nothing is queued for this session, so the caller may
             # apply its command itself (SessionActor.apply), sparing two task
             # switches and the mailbox. It re-checks after its checkpoint.

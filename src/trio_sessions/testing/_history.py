@@ -36,7 +36,7 @@ from .._config import RuntimeConfig
 from .._errors import InvalidArgument, Overloaded, RuntimeClosed, SessionError, StoreUnavailable
 from .._model import Session, check_session_id
 from ._calls import AddNote, AppendMessage, Call, Context, Create, Delete, End, Get, Touch, Update, describe
-from ._reference import ABSENT, ModelState, apply, deadline, expire_due, same_outcome
+from ._reference import ABSENT, ModelState, apply, deadline, same_outcome
 
 if TYPE_CHECKING:
     from .._runtime import SessionRuntime
@@ -316,20 +316,23 @@ class _SessionSearch:
 
     def _moves(self, placed: int, state: ModelState) -> Iterator[tuple[int, ModelState]]:
         """Calls that may take effect next, with each state they may lead to."""
-        pending = [i for i in range(len(self.operations)) if not placed >> i & 1]
-        # A call can go next only if no other pending call returned before it was invoked.
-        first_return = self._first_return(pending)
-        for index in pending:
-            operation = self.operations[index]
-            if operation.invoked > first_return:
-                break
-            for new_state in self.successors(state, operation):
+        for index in self._candidates(placed):
+            for new_state in self.successors(state, self.operations[index]):
                 yield index, new_state
 
-    def _first_return(self, pending: list[int]) -> float:
-        """The earliest return (logical time) among pending calls; inf if none answered."""
+    def _candidates(self, placed: int) -> list[int]:
+        """Calls not yet placed that no other unplaced call returned before (in invocation order)."""
+        pending = [i for i in range(len(self.operations)) if not placed >> i & 1]
         returns = [self.operations[i].returned for i in pending]
-        return min((r for r in returns if r is not None), default=math.inf)
+        first_return = min((r for r in returns if r is not None), default=math.inf)
+        return [i for i in pending if self.operations[i].invoked < first_return]
+
+    def _apply(self, state: ModelState, operation: Operation, now: float) -> tuple[ModelState, Any]:
+        """The model's state and answer (a value or the error) for `operation` at `now`."""
+        try:
+            return apply(state, operation.call, now, self.config, self.clock, new_id=operation.session_id)
+        except SessionError as exc:
+            return state, exc
 
     def successors(self, state: ModelState, operation: Operation) -> list[ModelState]:
         """The states after `operation` that agree with its recorded answer."""
@@ -339,11 +342,7 @@ class _SessionSearch:
         if not operation.answered:
             found.append(state)  # cancelled: maybe it never took effect
         for now in self.instants(state, operation):
-            try:
-                new_state, result = apply(state, operation.call, now, self.config, self.clock,
-                                          new_id=operation.session_id)
-            except SessionError as exc:
-                new_state, result = state, exc
+            new_state, result = self._apply(state, operation, now)
             if (not operation.answered or same_outcome(result, operation.outcome)) \
                     and new_state not in found:
                 found.append(new_state)
@@ -375,30 +374,14 @@ class _SessionSearch:
         placed = ", ".join(f"#{i}" for i in order) or "none"
         lines.append(f"Longest explained prefix ({depth} calls): {placed}")
         lines.append(f"Model state there: {_describe_state(state)}")
-        mask = sum(1 << i for i in order)
-        pending = [i for i in range(len(self.operations)) if not mask >> i & 1]
-        first_return = self._first_return(pending)
-        for index in pending:
+        for index in self._candidates(sum(1 << i for i in order)):
             operation = self.operations[index]
-            if operation.invoked > first_return:
-                break
-            answers = []
-            for now in self.instants(state, operation):
-                try:
-                    _, result = apply(state, operation.call, now, self.config, self.clock,
-                                      new_id=operation.session_id)
-                except SessionError as exc:
-                    result = exc
-                answers.append(f"at {now:.6f}: {_describe_outcome(result)}")
+            answers = [f"at {now:.6f}: {_describe_outcome(self._apply(state, operation, now)[1])}"
+                       for now in self.instants(state, operation)]
             lines.append(f"Next could be #{index}, but it answered "
                          f"{_describe_outcome(operation.outcome)}; the model would answer "
                          + "; ".join(answers))
         return "\n".join(lines)
-
-
-def final_state_at(state: ModelState, now: float, clock: Clock) -> ModelState:
-    """A session's model state at `now`, expiry applied."""
-    return expire_due(state, now, clock)
 
 
 def _describe_state(state: ModelState) -> str:

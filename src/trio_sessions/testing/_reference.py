@@ -34,8 +34,6 @@ from .._errors import (
 from .._model import Message, Note, Session
 from ._calls import AddNote, AppendMessage, Call, Context, Create, Delete, End, Get, Touch, Update
 
-UPDATABLE: Final = ("title", "state", "agent", "chat_id", "metadata")
-
 
 @dataclass(frozen=True, slots=True)
 class ModelState:
