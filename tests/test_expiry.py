@@ -301,3 +301,31 @@ async def test_sessions_without_actors_expire_in_one_read(autojump_clock: MockCl
         assert rt.metrics().passivations == passivations  # no live actor was evicted for it
         for session in sessions:
             assert (await rt.get(session.id)).ended_at == session.expires_at
+
+
+async def test_sessions_falling_due_during_a_read_wait_for_one_next_read(autojump_clock: MockClock) -> None:
+    class SlowStore(MemoryStore):
+        """A real MemoryStore whose batch read takes a second (of virtual time)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.batches: list[int] = []
+
+        async def load_sessions(self, session_ids):  # type: ignore[no-untyped-def]
+            self.batches.append(len(session_ids))
+            await trio.sleep(1.0)
+            return await super().load_sessions(session_ids)
+
+    store = SlowStore()
+    async with open_runtime(config(max_resident=1), store=store) as rt:
+        # 40 sessions without actors, falling due 0.1 s apart: 4 s in all.
+        sessions = [await rt.create(f"u{i}", "geral", timeout=10.0 + i / 10) for i in range(40)]
+        await rt.flush()
+        await trio.sleep_until(rt.clock.to_trio(sessions[-1].expires_at) + 2.0)
+        assert rt.metrics().expired == 40
+        # One read at a time: what fell due during a read goes in the next one,
+        # so about one read per second of deadlines, not one per session.
+        assert sum(store.batches) == 40
+        assert len(store.batches) <= 6, store.batches
+        for session in sessions:
+            assert (await rt.get(session.id)).ended_at == session.expires_at
