@@ -369,3 +369,53 @@ async def test_cancelled_caller_leaves_no_half_applied_command() -> None:
         assert (await rt.get(a.id)).version == 1
         assert (await rt.update(b.id, title="later")).version == 2
         assert rt.metrics().backpressure_waits >= 1
+
+
+async def test_idle_resident_actors_run_no_task() -> None:
+    def actor_tasks() -> int:
+        count = 0
+        pending = [trio.lowlevel.current_root_task()]
+        while pending:
+            task = pending.pop()
+            count += task.name.startswith("trio_sessions.actor")
+            pending.extend(child for nursery in task.child_nurseries for child in nursery.child_tasks)
+        return count
+
+    async with open_runtime(CONFIG, store=MemoryStore()) as rt:
+        sessions = [await rt.create(f"u{i}", "max") for i in range(20)]
+        for session in sessions:
+            await rt.append_message(session.id, "user", "hi")  # activates: a task loads it
+        await trio.testing.wait_all_tasks_blocked()
+        assert rt.metrics().resident == 20
+        assert actor_tasks() == 0  # loaded and idle: plain objects
+        assert [m.content for m in await rt.context(sessions[0].id)] == ["hi"]
+
+
+async def test_callers_wait_for_mailbox_room_and_apply_in_arrival_order() -> None:
+    gate = trio.Event()
+
+    class GatedStore(MemoryStore):
+        """A real MemoryStore whose writes wait for the test to open the gate."""
+
+        async def write(self, batch):  # type: ignore[no-untyped-def]
+            await gate.wait()
+            await super().write(batch)
+
+    config = RuntimeConfig(flush_interval=0.01, max_pending=2, mailbox_size=1)
+    async with open_runtime(config, store=GatedStore()) as rt:
+        a = await rt.create("u", "max")
+        await rt.get(a.id)  # resident
+        await rt.create("u", "max")  # the buffer is now full, its flush is stuck
+        versions: dict[int, int] = {}
+
+        async def update(i: int) -> None:
+            versions[i] = (await rt.update(a.id, title=f"t{i}")).version
+
+        async with trio.open_nursery() as nursery:
+            for i in range(5):  # one waits for buffer room, one in the mailbox, three for mailbox room
+                nursery.start_soon(update, i)
+                await trio.testing.wait_all_tasks_blocked()
+            assert versions == {}
+            gate.set()
+        assert versions == {i: 2 + i for i in range(5)}
+        assert (await rt.get(a.id)).title == "t4"

@@ -1,12 +1,19 @@
-"""`SessionActor`: the one task that owns a resident session, and its commands.
+"""`SessionActor`: the single owner of a resident session, and its commands.
 
 Every public call on a session becomes one of the small frozen commands
-below, sent to the actor's bounded mailbox with a `Reply`. The actor applies
-one command at a time, in arrival order, synchronously (no checkpoint between
-reading and writing its state), records the change with the write-behind and
-answers with the new immutable `Session` snapshot. A caller cancelled before
-its command is applied abandons it, and the actor skips it: a command is
-applied whole or not at all.
+below. The actor applies one command at a time, in arrival order,
+synchronously (no checkpoint between reading and writing its state), records
+the change with the write-behind and answers with the new immutable `Session`
+snapshot.
+
+An actor runs a Trio task only while it has work, as an actor system's
+dispatcher runs an actor only while it has messages. An idle actor (loaded,
+nothing queued) is a plain object, and a caller applies its command to it
+directly (`apply`) in its own task. Commands that must wait (for the load,
+for room in the write-behind buffer, or behind other commands) go to the
+actor's bounded mailbox, and the actor's task applies them until the mailbox
+is empty, then ends. A caller cancelled before its command is applied
+abandons it, and the actor skips it: a command is applied whole or not at all.
 """
 
 from __future__ import annotations
@@ -157,8 +164,6 @@ class Reply:
         return self.value
 
 
-
-
 # ----------------------------------------------------------------- the actor
 
 
@@ -174,30 +179,39 @@ class Supervisor(Protocol):
 
     def publish(self, kind: str, session: Session) -> None: ...
     def retire(self, actor: SessionActor) -> None: ...
-    def actor_stopped(self, actor: SessionActor) -> None: ...
+    def start_task(self, actor: SessionActor) -> None: ...
+    def task_done(self, actor: SessionActor) -> None: ...
     async def read_store(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T: ...
 
 
 class Predecessor(Protocol):
-    """What held a session before a new actor: a stopping actor, or the expiry task's hold."""
+    """What held a session before a new actor: a retired actor still busy, or the expiry task's hold."""
 
     stopped: trio.Event | None
 
 
 class SessionActor:
-    """The task that owns one resident session. Only the runtime creates these."""
+    """One resident session: its state, its mailbox, and a task while it has work.
+
+    Only the runtime creates these. `busy` is true while the actor's task runs
+    (started by `post` when the mailbox gets its first command). A retired
+    actor takes no more commands; if it is busy, `stopped` fires once its
+    task has applied what was queued.
+    """
 
     __slots__ = (
         "_deleted",
+        "_mailbox",
         "_predecessor",
-        "_receive",
+        "_room",
         "_sup",
+        "busy",
         "deadline",
         "id",
         "last_used",
         "messages",
         "pending",
-        "send",
+        "retired",
         "session",
         "stopped",
     )
@@ -205,42 +219,32 @@ class SessionActor:
     def __init__(self, session_id: UUID, supervisor: Supervisor,
                  predecessor: Predecessor | None, now: float) -> None:
         self.id = session_id
-        self.send, self._receive = trio.open_memory_channel[tuple[Command, Reply]](
-            supervisor.config.mailbox_size)
         #: The newest snapshot; None until loaded. Published for reads that need not queue.
         self.session: Session | None = None
         #: Trio time at which the session expires (inf once inactive).
         self.deadline = math.inf
         self.messages: deque[Message] = deque(maxlen=supervisor.config.max_messages)
         self.last_used = now
-        #: Commands sent (or being sent) and not yet answered; the sender counts up.
+        #: Commands posted (or waiting to be) and not yet answered.
         self.pending = 0
-        #: Set when the actor has been told to stop; fires when its task has exited.
+        self.busy = False
+        self.retired = False
+        #: Set when a busy actor retires; fires when its task has ended.
         self.stopped: trio.Event | None = None
+        self._mailbox: deque[tuple[Command, Reply]] | None = None  # None while empty and idle
+        self._room: trio.lowlevel.ParkingLot | None = None  # posters waiting for mailbox room
         self._sup = supervisor
         self._predecessor = predecessor
         self._deleted = False
 
-    async def run(self) -> None:
-        """Load the session, then serve the mailbox until the runtime closes it."""
-        try:
-            try:
-                await self._load()
-            except SessionError as exc:
-                await self._refuse_all(exc)
-                return
-            await self._serve()
-        finally:
-            self._sup.actor_stopped(self)
-
     def idle(self) -> bool:
-        """Loaded, serving, and nothing sent to it is still unanswered.
+        """Loaded, not retired, and nothing posted to it is still unanswered.
 
         Then a caller may apply its command itself (`apply`), in its own task:
         the order of arrival is kept (nothing is ahead of it) and the session
         still has one writer at a time, since `apply` never checkpoints.
         """
-        return self.pending == 0 and self.session is not None and self.stopped is None
+        return self.pending == 0 and self.session is not None and not self.retired
 
     def apply(self, command: Command) -> tuple[Any, DurableWaiter | None]:
         """Apply one command, synchronously: (value, durable waiter or None).
@@ -254,9 +258,62 @@ class SessionActor:
         waiter = self._sup.writebehind.durable_waiter(self.id) if getattr(command, "durable", False) else None
         return value, waiter
 
+    async def post(self, command: Command, reply: Reply) -> bool:
+        """Queue a command, waiting while the mailbox is full; False if the actor has retired.
+
+        `pending` counts the command from the moment it starts waiting until
+        it is answered, so no caller takes the fast path past it. Not a
+        checkpoint when there is room.
+        """
+        if self.retired:
+            return False
+        self.pending += 1
+        try:
+            while self._mailbox is not None and len(self._mailbox) >= self._sup.config.mailbox_size:
+                if self._room is None:
+                    self._room = trio.lowlevel.ParkingLot()
+                await self._room.park()
+                if self.retired:
+                    self.pending -= 1
+                    return False
+        except BaseException:  # cancelled while waiting for room: never queued
+            self.pending -= 1
+            raise
+        if self._mailbox is None:
+            self._mailbox = deque()
+        self._mailbox.append((command, reply))
+        if not self.busy:
+            self.busy = True
+            self._sup.start_task(self)
+        return True
+
+    def wake_posters(self) -> None:
+        """Let callers waiting for mailbox room look again (after a retire)."""
+        if self._room is not None:
+            self._room.unpark_all()
+
+    async def run(self) -> None:
+        """The actor's task: load the session if need be, then empty the mailbox."""
+        try:
+            if self.session is None:
+                try:
+                    await self._load()
+                except SessionError as exc:
+                    self._refuse_all(exc)
+                    return
+            await self._serve()
+        finally:
+            self.busy = False
+            self._sup.task_done(self)
+
     async def _serve(self) -> None:
         writebehind = self._sup.writebehind
-        async for command, reply in self._receive:
+        mailbox = self._mailbox
+        assert mailbox is not None  # the task starts with a command queued
+        while mailbox:
+            command, reply = mailbox.popleft()
+            if self._room is not None:
+                self._room.unpark()
             try:
                 if reply.abandoned:
                     continue
@@ -273,11 +330,15 @@ class SessionActor:
             finally:
                 self.pending -= 1
             del command, reply  # hold nothing between commands
+        self._mailbox = None
 
-    async def _refuse_all(self, exc: SessionError) -> None:
+    def _refuse_all(self, exc: SessionError) -> None:
+        """The session could not be loaded: retire, and answer every queued command with `exc`."""
         sup = self._sup
         sup.retire(self)
-        async for command, reply in self._receive:
+        mailbox = self._mailbox or deque()
+        while mailbox:
+            command, reply = mailbox.popleft()
             self.pending -= 1
             if isinstance(exc, SessionNotFound):
                 reply.settle(None, SessionNotFound(self.id))
@@ -289,6 +350,7 @@ class SessionActor:
                 until = sup.clock.now() + sup.config.retry_max_delay
                 sup.deadlines.defer(self.id, command.deadline, until)
             reply.settle(None, StoreUnavailable(str(exc)))
+        self._mailbox = None
 
     async def _load(self) -> None:
         """State comes from the write-behind buffer first, then from the store."""
@@ -464,7 +526,7 @@ def expired_snapshot(session: Session) -> Session:
 def _compile_copier(*changing: str) -> Callable[..., Session]:
     """`dataclasses.replace` for one fixed set of fields, as straight-line code.
 
-    The activity and expiry paths make a new snapshot per call; `replace` spends ~4 us
+    The activity paths make a new snapshot per call; `replace` spends ~4 us
     looking fields up, this ~1 us (benchmarks/s1). The function is generated
     once, at import, from `Session`'s own fields, as dataclasses does itself.
     """

@@ -1,12 +1,13 @@
 """`open_runtime` and `SessionRuntime`: the registry of actors, routing and supervision.
 
 The runtime owns one nursery. In it run the write-behind flusher, the expiry
-task, the idle sweeper and one task per resident session (`SessionActor`).
-The registry maps a session id to its resident actor in least-recently-used
-order; at most `max_resident` actors are registered, and an actor that has
-not been called for `passivate_after` seconds is stopped. Stopping an actor
-("retiring" it) closes its mailbox: it finishes the commands already queued,
-then exits, and a new actor for the same session waits for it before loading.
+task, the idle sweeper, and the task of each actor that has work queued
+(`SessionActor`). The registry maps a session id to its resident actor in
+least-recently-used order; at most `max_resident` actors are registered, and
+an actor that has not been called for `passivate_after` seconds is stopped.
+Stopping an actor ("retiring" it) closes its mailbox: a busy actor finishes
+the commands already queued, and a new actor for the same session waits for
+it before loading.
 """
 
 from __future__ import annotations
@@ -245,22 +246,28 @@ class SessionRuntime:
                 self.counters.events_dropped += 1
 
     def retire(self, actor: SessionActor) -> None:
-        """Stop an actor: it finishes the commands already in its mailbox, then exits."""
-        if actor.stopped is not None:
+        """Stop an actor: it takes no more commands; a busy one first applies those queued."""
+        if actor.retired:
             return
-        actor.stopped = trio.Event()
+        actor.retired = True
         if self._actors.get(actor.id) is actor:
             del self._actors[actor.id]
-        self._retiring[actor.id] = actor
-        actor.send.close()
+        if actor.busy:
+            actor.stopped = trio.Event()
+            self._retiring[actor.id] = actor
+        actor.wake_posters()
 
-    def actor_stopped(self, actor: SessionActor) -> None:
-        if actor.stopped is None:  # exited without being retired: only on cancellation
+    def start_task(self, actor: SessionActor) -> None:
+        self._running += 1
+        self._nursery.start_soon(actor.run, name=f"trio_sessions.actor {actor.id}")
+
+    def task_done(self, actor: SessionActor) -> None:
+        if actor.session is None:  # cancelled while loading: a new actor must load afresh
             self.retire(actor)
-        assert actor.stopped is not None
-        actor.stopped.set()
-        if self._retiring.get(actor.id) is actor:
-            del self._retiring[actor.id]
+        if actor.stopped is not None:
+            actor.stopped.set()
+            if self._retiring.get(actor.id) is actor:
+                del self._retiring[actor.id]
         self._running -= 1
         if not self._running:
             self._all_stopped.unpark_all()
@@ -290,9 +297,7 @@ class SessionRuntime:
         self._actors[session_id] = actor
         if not recently_used:  # an actor started only to expire goes first when room is needed
             self._actors.move_to_end(session_id, last=False)
-        self._running += 1
-        self._nursery.start_soon(actor.run, name=f"trio_sessions.actor {session_id}")
-        return actor
+        return actor  # its task starts with the first command posted (it loads first)
 
     async def _call(self, session_id: UUID, command: Command) -> Any:
         """Send a command to the session's actor (activating it) and wait for the answer.
@@ -341,7 +346,7 @@ class SessionRuntime:
             else:
                 self._actors.move_to_end(session_id)
                 actor.last_used = trio.current_time()
-            if await self._post(actor, command, reply):
+            if await actor.post(command, reply):
                 return
             self._check_open()
 
@@ -350,29 +355,8 @@ class SessionRuntime:
             actor = self._actors.get(session_id)
             if actor is None:
                 actor = self._activate(session_id, recently_used=False)
-            if await self._post(actor, Expire(deadline), reply):
+            if await actor.post(Expire(deadline), reply):
                 return
-
-    @staticmethod
-    async def _post(actor: SessionActor, command: Command, reply: Reply) -> bool:
-        """Put a command in the actor's mailbox (waiting if it is full); False if it has retired.
-
-        `actor.pending` counts the command from now until the actor answers
-        it, so no caller takes the fast path past it.
-        """
-        actor.pending += 1
-        try:
-            try:
-                actor.send.send_nowait((command, reply))
-            except trio.WouldBlock:
-                await actor.send.send((command, reply))
-        except trio.ClosedResourceError:
-            actor.pending -= 1
-            return False
-        except BaseException:  # cancelled while waiting for room: never sent
-            actor.pending -= 1
-            raise
-        return True
 
     async def _expire_forever(self) -> None:
         async with trio.open_nursery() as nursery:
