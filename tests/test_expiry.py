@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import uuid
 from datetime import timedelta
 
@@ -82,6 +83,19 @@ def test_a_deferred_session_waits_but_keeps_its_deadline() -> None:
     queue.defer(a, 10.0, until=30.0)
     queue.push(a, 60.0)  # loaded and found touched: an ordinary entry again
     assert queue.pop_deferred() == []
+
+
+def test_queued_sessions_cost_the_garbage_collector_nothing() -> None:
+    queue = DeadlineQueue()
+    gc.collect()
+    before = len(gc.get_objects())
+    queue.extend((session_id, float(i)) for i, session_id in enumerate(ids(2000)))
+    for i, session_id in enumerate(ids(1000)):
+        queue.push(session_id, 0.5 + i)
+        queue.touch(session_id, 5000.0 + i)
+    gc.collect()
+    assert len(queue) == 3000
+    assert len(gc.get_objects()) - before < 100  # the sorted list's own lists, not 3 per session
 
 
 def test_discard_and_extend() -> None:

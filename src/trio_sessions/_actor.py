@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from uuid import UUID
@@ -223,7 +223,9 @@ class SessionActor:
         self.session: Session | None = None
         #: Trio time at which the session expires (inf once inactive).
         self.deadline = math.inf
-        self.messages: deque[Message] = deque(maxlen=supervisor.config.max_messages)
+        #: The newest `max_messages` messages; None while there are none (most
+        #: resident sessions hold no messages: no deque, no object for the GC).
+        self.messages: deque[Message] | None = None
         self.last_used = now
         #: Commands posted (or waiting to be) and not yet answered.
         self.pending = 0
@@ -361,6 +363,7 @@ class SessionActor:
         sup = self._sup
         max_messages = sup.config.max_messages
         row, deleted, buffered = sup.writebehind.lookup(self.id)
+        messages: Sequence[Message]
         if deleted:
             raise SessionNotFound(self.id)
         if row is None:
@@ -368,15 +371,16 @@ class SessionActor:
             if loaded is None:
                 raise SessionNotFound(self.id)
             row, messages = loaded
-            self.messages.extend(messages)
         else:
             need = min(max_messages, row.message_count)
+            messages = buffered
             if len(buffered) < need:
                 up_to_seq = buffered[0].seq - 1 if buffered else row.message_count
                 older = await sup.read_store(sup.store.load_messages, self.id,
                                              limit=need - len(buffered), up_to_seq=up_to_seq)
-                self.messages.extend(older)
-            self.messages.extend(buffered)
+                messages = [*older, *buffered]
+        if messages:
+            self.messages = deque(messages, maxlen=max_messages)
         self.session = row
         if row.is_active:
             # The deadline is exactly what the stored expires_at reads back as
@@ -440,6 +444,8 @@ class SessionActor:
         session = self._live(now)
         seq = session.message_count + 1
         message = Message(seq, command.role, command.content, clock.to_wall(now))
+        if self.messages is None:
+            self.messages = deque(maxlen=self._sup.config.max_messages)
         self.messages.append(message)
         return self._activity(session, now, message)
 
@@ -513,7 +519,7 @@ class SessionActor:
         return session
 
     def _context(self, command: Context) -> tuple[Message, ...]:
-        messages = tuple(self.messages)
+        messages = tuple(self.messages) if self.messages else ()
         return messages[-command.limit:]
 
 

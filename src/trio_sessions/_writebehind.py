@@ -59,15 +59,17 @@ class _Entry:
     def __init__(self, session_id: UUID, ticket: int, since: float) -> None:
         self.session_id = session_id
         self.row: Session | None = None
-        self.messages: list[Message] = []
+        # Lists only once there is something to hold: most entries never need
+        # them, and each list would be one more object for the cyclic GC.
+        self.messages: list[Message] | None = None
         self.deleted = False
         self.ticket = ticket
         self.since = since
-        self.waiters: list[DurableWaiter] = []
+        self.waiters: list[DurableWaiter] | None = None
         self.settled = False  # written or refused; its waiters have been told
 
     def size(self) -> int:
-        return 1 + len(self.messages)
+        return 1 + len(self.messages) if self.messages else 1
 
 
 class WriteBehind:
@@ -116,7 +118,10 @@ class WriteBehind:
             entry = self._new_entry(row.id)
         entry.row = row
         if message is not None:
-            entry.messages.append(message)
+            if entry.messages is None:
+                entry.messages = [message]
+            else:
+                entry.messages.append(message)
             self._size += 1
         self._ticket += 1
 
@@ -125,9 +130,9 @@ class WriteBehind:
         entry = self._pending.get(session_id)
         if entry is None:
             entry = self._new_entry(session_id)
-        self._size -= len(entry.messages)
+        self._size -= entry.size() - 1
         entry.row = None
-        entry.messages = []
+        entry.messages = None
         entry.deleted = True
         self._ticket += 1
 
@@ -140,7 +145,10 @@ class WriteBehind:
         if entry is None or entry.settled:
             return None
         waiter = DurableWaiter()
-        entry.waiters.append(waiter)
+        if entry.waiters is None:
+            entry.waiters = [waiter]
+        else:
+            entry.waiters.append(waiter)
         self._urgent.set()
         return waiter
 
@@ -160,10 +168,12 @@ class WriteBehind:
             if inflight.deleted and pending is None:
                 return None, True, []
             row = inflight.row
-            messages.extend(inflight.messages)
+            if inflight.messages:
+                messages.extend(inflight.messages)
         if pending is not None:
             row = pending.row
-            messages.extend(pending.messages)
+            if pending.messages:
+                messages.extend(pending.messages)
         return row, False, messages
 
     def _new_entry(self, session_id: UUID) -> _Entry:
@@ -248,7 +258,7 @@ class WriteBehind:
         for session_id in [*(s.id for s in batch.sessions), *batch.deletes]:
             entry = self._inflight[session_id]
             entry.settled = True
-            for waiter in entry.waiters:
+            for waiter in entry.waiters or ():
                 waiter.settle(None)
 
     async def _write_retrying(self, batch: WriteBatch) -> None:
@@ -273,7 +283,7 @@ class WriteBehind:
         self._counters.rejected_rows += len(batch)
         logger.error("the database refused session {} ({} rows), dropped: {}", session_id, len(batch), exc)
         entry.settled = True
-        for waiter in entry.waiters:
+        for waiter in entry.waiters or ():
             waiter.settle(exc)
 
 
@@ -287,5 +297,6 @@ def _batch_of(entries: Iterable[_Entry]) -> WriteBatch:
         else:
             assert entry.row is not None
             sessions.append(entry.row)
-            messages.extend((entry.session_id, m) for m in entry.messages)
+            if entry.messages:
+                messages.extend((entry.session_id, m) for m in entry.messages)
     return WriteBatch(tuple(sessions), tuple(messages), tuple(deletes))
