@@ -19,7 +19,7 @@ import pytest
 import trio
 
 from trio_sessions._model import JsonArray, JsonObject, Message, Note, Session, check_metadata
-from trio_sessions._store import ListQuery, Store, WriteBatch
+from trio_sessions._store import ACTIVITY_FIELDS, ListQuery, Store, WriteBatch
 
 T0 = datetime(2025, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
 
@@ -130,6 +130,23 @@ async def test_version_guard_keeps_the_newest_row(store: Store) -> None:
                              end_reason="expired", chat_id="c9")
     await write(store, [v3])
     assert await load(store, v2.id) == v3
+
+
+async def test_touched_rows_update_only_the_activity_columns(store: Store) -> None:
+    stored = make_session(version=2, title="kept", state="waiting")
+    missing = make_session()
+    await write(store, [stored])
+    later = T0 + timedelta(minutes=5)
+    # Fields outside ACTIVITY_FIELDS differ in the touched row: a store must not write them.
+    touched = dataclasses.replace(stored, version=3, last_activity=later, updated_at=later,
+                                  expires_at=later + timedelta(minutes=30), message_count=4,
+                                  title="not written", state="not written")
+    older = dataclasses.replace(touched, version=2, last_activity=T0 + timedelta(hours=1))
+    await store.write(WriteBatch((), (), (), (touched, missing)))
+    await store.write(WriteBatch((), (), (), (older,)))  # the version guard holds here too
+    expected = dataclasses.replace(stored, **{f: getattr(touched, f) for f in ACTIVITY_FIELDS})
+    assert await load(store, stored.id) == expected
+    assert await load(store, missing.id) is None  # a touch never creates a row
 
 
 async def test_empty_batch_is_a_no_op(store: Store) -> None:

@@ -71,6 +71,25 @@ async def test_rows_coalesce_and_messages_keep_their_order(autojump_clock: MockC
         assert rt.metrics().flushed_sessions == 1 and rt.metrics().flushed_messages == 20
 
 
+async def test_activity_alone_is_written_as_touched_rows(autojump_clock: MockClock) -> None:
+    store = RecordingStore()
+    async with open_runtime(RuntimeConfig(flush_interval=1.0), store=store) as rt:
+        a, b, c = [await rt.create("u", "geral") for _ in range(3)]
+        await rt.flush()
+        await rt.update_last_activity(a.id)
+        a_last = await rt.append_message(a.id, "user", "hi")
+        await rt.update_last_activity(b.id)
+        b_last = await rt.update(b.id, title="renamed")  # not activity: the whole row
+        c_last = await rt.update_last_activity(c.id)
+        await rt.flush()
+        batch = store.batches[-1]
+        assert set(batch.touched) == {a_last, c_last}
+        assert batch.sessions == (b_last,)
+        assert [(sid, m.content) for sid, m in batch.messages] == [(a.id, "hi")]
+        for session in (a_last, b_last, c_last):  # the store holds each row whole
+            assert await store.load_sessions([session.id]) == {session.id: session}
+
+
 async def test_a_change_reaches_the_store_within_flush_interval(autojump_clock: MockClock) -> None:
     store = RecordingStore()
     async with open_runtime(RuntimeConfig(flush_interval=0.5), store=store) as rt:
@@ -191,6 +210,16 @@ async def test_a_row_the_database_refuses_is_isolated(postgres_url: str) -> None
             await rt.create("u", "geral", title="poison", durable=True)
         later = await rt.create("u", "geral", title="fine", durable=True)  # still flowing
         assert rt.metrics().rejected_rows == 2
+        # A session whose row was refused is written whole next time, even if
+        # only activity changed since: a touched row would move the stored
+        # row's version past a change it never got. The database refuses the
+        # whole row again, as it must.
+        turned = await rt.create("u", "geral", title="fine", durable=True)
+        with pytest.raises(WriteRejected):
+            await rt.update(turned.id, title="poison", durable=True)
+        with pytest.raises(WriteRejected):
+            await rt.update_last_activity(turned.id, durable=True)
+        assert rt.metrics().rejected_rows == 4
         with pytest.raises(SessionNotFound):  # refused for good: it exists nowhere
             await rt.get(bad.id)
     async with open_runtime(config, store=PostgresStore(postgres_url)) as rt:
@@ -198,6 +227,7 @@ async def test_a_row_the_database_refuses_is_isolated(postgres_url: str) -> None
     assert bad.id not in stored
     assert [stored[s.id] for s in good[1:9]] == good[1:9]
     assert stored[good[0].id] == good[-1] and stored[later.id] == later
+    assert stored[turned.id] == turned  # as last accepted, not half touched
 
 
 async def test_call_timeout_turns_a_stuck_call_into_overloaded(autojump_clock: MockClock) -> None:

@@ -392,9 +392,10 @@ class SessionActor:
 
     # ------------------------------------------------------------ handlers
 
-    def _commit(self, new: Session, kind: str, message: Message | None = None) -> Session:
+    def _commit(self, new: Session, kind: str, message: Message | None = None, *,
+                activity: bool = False) -> Session:
         self.session = new
-        self._sup.writebehind.record(new, message)
+        self._sup.writebehind.record(new, message, activity=activity)
         self._sup.publish(kind, new)
         return new
 
@@ -419,7 +420,7 @@ class SessionActor:
             new = _appended(session, wall, expires_at, wall, session.version + 1, message.seq)
         self.deadline = deadline
         self._sup.deadlines.touch(self.id, deadline)
-        return self._commit(new, "updated", message)
+        return self._commit(new, "updated", message, activity=True)
 
     def _touch(self, command: Touch) -> Session:
         now = self._sup.clock.now()

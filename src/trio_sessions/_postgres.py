@@ -95,6 +95,17 @@ ON CONFLICT (id) DO UPDATE SET
 WHERE sessions.version < EXCLUDED.version
 """
 
+# Rows changed only by activity (WriteBatch.touched): five columns, not
+# eighteen, under the same version guard; a row not stored stays missing.
+_TOUCH_SESSIONS: Final = """
+UPDATE sessions AS s
+SET last_activity = t.last_activity, expires_at = t.expires_at, updated_at = t.updated_at,
+    version = t.version, message_count = t.message_count
+FROM unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[], $4::timestamptz[], $5::bigint[],
+            $6::integer[]) AS t (id, last_activity, expires_at, updated_at, version, message_count)
+WHERE s.id = t.id AND s.version < t.version
+"""
+
 # A retried append finds its (session_id, seq) stored and is skipped; of two
 # copies in one batch the first is kept (test_message_appends_are_idempotent).
 _INSERT_MESSAGES: Final = """
@@ -284,10 +295,11 @@ class PostgresStore:
     async def write(self, batch: WriteBatch) -> None:
         """Apply one batch in one transaction (see `WriteBatch`).
 
-        At most four statements run, each covering the whole batch: the
-        session upsert, the message appends, and the deletes of messages and
-        rows. Rows are written in id order, so two stores writing overlapping
-        batches lock rows in the same order instead of deadlocking.
+        At most five statements run, each covering the whole batch: the
+        session upsert, the activity update of touched rows, the message
+        appends, and the deletes of messages and rows. Rows are written in id
+        order, so two stores writing overlapping batches lock rows in the
+        same order instead of deadlocking.
 
         Raises:
             WriteRejected: PostgreSQL refused the data (SQLSTATE class 22 or
@@ -299,10 +311,11 @@ class PostgresStore:
             await trio.lowlevel.checkpoint()
             return
         sessions = _session_columns(batch.sessions) if batch.sessions else None
+        touched = _touched_columns(batch.touched) if batch.touched else None
         messages = _message_columns(batch.messages) if batch.messages else None
         deletes = sorted(batch.deletes)
         with _store_errors(rejectable=True):
-            await _run(loop, _aio_write, pool, sessions, messages, deletes)
+            await _run(loop, _aio_write, pool, sessions, touched, messages, deletes)
 
     async def list(self, query: ListQuery) -> list[Session]:
         """Up to `query.limit` sessions matching the filters, newest first.
@@ -412,11 +425,14 @@ async def _aio_fetchrow(pool: Pool, sql: str, *args: object) -> asyncpg.Record |
 
 
 async def _aio_write(pool: Pool, sessions: list[Sequence[Any]] | None,
+                     touched: list[Sequence[Any]] | None,
                      messages: list[Sequence[Any]] | None, deletes: list[UUID]) -> None:
     # The same order as MemoryStore.write: rows, then messages, then deletes.
     async with pool.acquire() as connection, connection.transaction():
         if sessions is not None:
             await connection.execute(_UPSERT_SESSIONS, *sessions)
+        if touched is not None:
+            await connection.execute(_TOUCH_SESSIONS, *touched)
         if messages is not None:
             await connection.execute(_INSERT_MESSAGES, *messages)
         if deletes:
@@ -577,6 +593,13 @@ def _session_columns(sessions: Sequence[Session]) -> list[Sequence[Any]]:
          s.last_activity, s.expires_at, s.ended_at, s.end_reason, s.version, s.timeout)
         for s in sorted(sessions, key=_id_int)
     ]
+    return list(zip(*rows, strict=True))
+
+
+def _touched_columns(sessions: Sequence[Session]) -> list[Sequence[Any]]:
+    """The 6 column arrays of `_TOUCH_SESSIONS`, rows in id order."""
+    rows = [(s.id, s.last_activity, s.expires_at, s.updated_at, s.version, s.message_count)
+            for s in sorted(sessions, key=_id_int)]
     return list(zip(*rows, strict=True))
 
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import bisect
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import Final, Protocol, runtime_checkable
 from uuid import UUID
 
 import trio
@@ -26,19 +26,23 @@ class WriteBatch:
     """What one flush writes, in one transaction.
 
     `sessions` are upserted only where their version is newer than the stored
-    row; `messages` are appended, ignoring a `(session_id, seq)` already
-    stored; `deletes` remove a session's row and all its messages. A session
-    id appears at most once in `sessions` and never in both `sessions` and
-    `deletes`.
+    row. `touched` rows differ from the version last written (or read) only
+    in `ACTIVITY_FIELDS`: a store updates just those columns of the stored
+    row, again only where its version is older, and leaves a session it
+    does not hold missing. `messages` are appended, ignoring a
+    `(session_id, seq)` already stored; `deletes` remove a session's row and
+    all its messages. A session id appears at most once in `sessions`,
+    `touched` and `deletes` together.
     """
 
     sessions: tuple[Session, ...]
     messages: tuple[tuple[UUID, Message], ...]
     deletes: tuple[UUID, ...]
+    touched: tuple[Session, ...] = ()
 
     def split(self) -> tuple[WriteBatch, WriteBatch]:
         """Two halves by session id (messages follow their session), to isolate a bad row."""
-        ids = [s.id for s in self.sessions] + list(self.deletes)
+        ids = [*(s.id for s in self.sessions), *(s.id for s in self.touched), *self.deletes]
         first = set(ids[: len(ids) // 2])
 
         def half(in_first: bool) -> WriteBatch:
@@ -46,12 +50,22 @@ class WriteBatch:
                 tuple(s for s in self.sessions if (s.id in first) == in_first),
                 tuple(m for m in self.messages if (m[0] in first) == in_first),
                 tuple(d for d in self.deletes if (d in first) == in_first),
+                tuple(s for s in self.touched if (s.id in first) == in_first),
             )
 
         return half(True), half(False)
 
+    def session_ids(self) -> list[UUID]:
+        """Every session the batch writes or deletes, in batch order."""
+        return [*(s.id for s in self.sessions), *(s.id for s in self.touched), *self.deletes]
+
     def __len__(self) -> int:
-        return len(self.sessions) + len(self.messages) + len(self.deletes)
+        return len(self.sessions) + len(self.touched) + len(self.messages) + len(self.deletes)
+
+
+#: What activity changes (`update_last_activity`, `append_message`): the
+#: columns a `WriteBatch.touched` row carries.
+ACTIVITY_FIELDS: Final = ("last_activity", "expires_at", "updated_at", "version", "message_count")
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +177,13 @@ class MemoryStore:
             stored = self._sessions.get(session.id)
             if stored is None or stored.version < session.version:
                 self._sessions[session.id] = session
+        for session in batch.touched:
+            stored = self._sessions.get(session.id)
+            if stored is not None and stored.version < session.version:
+                self._sessions[session.id] = replace(
+                    stored, last_activity=session.last_activity, expires_at=session.expires_at,
+                    updated_at=session.updated_at, version=session.version,
+                    message_count=session.message_count)
         for session_id, message in batch.messages:
             stored_messages = self._messages.setdefault(session_id, [])
             if not stored_messages or stored_messages[-1].seq < message.seq:

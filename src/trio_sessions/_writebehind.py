@@ -6,7 +6,9 @@ buffer keeps only the newest row, and every message appended since the last
 flush, in order. A batch takes the sessions that have been dirty longest, at
 most `flush_batch` of them, and is written in one transaction; it is flushed
 when it is full, when `flush_interval` has passed since its oldest change, or
-when somebody waits for durability.
+when somebody waits for durability. A session whose buffered changes are all
+activity (touches, appended messages) is written as a `touched` row: only the
+activity columns, a third of the encoding and of the statement's work.
 
 Every change gets a ticket (a counter). An entry carries the ticket of its
 first change since the previous flush, and entries sit in the buffer in ticket
@@ -54,7 +56,8 @@ class DurableWaiter:
 class _Entry:
     """One session's buffered changes: its newest row, or a deletion, and new messages."""
 
-    __slots__ = ("deleted", "messages", "row", "session_id", "settled", "since", "ticket", "waiters")
+    __slots__ = ("deleted", "full", "messages", "row", "session_id", "settled", "since", "ticket",
+                 "waiters")
 
     def __init__(self, session_id: UUID, ticket: int, since: float) -> None:
         self.session_id = session_id
@@ -63,6 +66,9 @@ class _Entry:
         # them, and each list would be one more object for the cyclic GC.
         self.messages: list[Message] | None = None
         self.deleted = False
+        # False while every change since the last flush was activity: the
+        # store then updates only the activity columns (WriteBatch.touched).
+        self.full = False
         self.ticket = ticket
         self.since = since
         self.waiters: list[DurableWaiter] | None = None
@@ -82,6 +88,9 @@ class WriteBehind:
         self._counters = counters
         self._rng = rng
         self._pending: dict[UUID, _Entry] = {}
+        # Sessions whose row the store refused: their next write must be whole,
+        # since the stored row may lack more than activity.
+        self._refused: set[UUID] = set()
         self._inflight: dict[UUID, _Entry] = {}
         self._size = 0  # buffered writes, pending and in flight: rows, deletes and messages
         self._ticket = 0
@@ -111,11 +120,19 @@ class WriteBehind:
             self._urgent.set()
             await self._space.park()
 
-    def record(self, row: Session, message: Message | None = None) -> None:
-        """Buffer a session's new row, and the message it appended if any."""
+    def record(self, row: Session, message: Message | None = None, *, activity: bool = False) -> None:
+        """Buffer a session's new row, and the message it appended if any.
+
+        `activity`: the row differs from the session's previous row only in
+        `ACTIVITY_FIELDS`, so if every change buffered since the last flush
+        is such, the flush writes just those columns.
+        """
         entry = self._pending.get(row.id)
         if entry is None:
             entry = self._new_entry(row.id)
+            entry.full = not activity or row.id in self._refused
+        elif not activity:
+            entry.full = True
         entry.row = row
         if message is not None:
             if entry.messages is None:
@@ -242,7 +259,7 @@ class WriteBehind:
         try:
             await self._write_retrying(batch)
         except WriteRejected as exc:
-            ids = [*(s.id for s in batch.sessions), *batch.deletes]
+            ids = batch.session_ids()
             if len(ids) == 1:
                 self._reject(ids[0], batch, exc)
                 return
@@ -251,11 +268,13 @@ class WriteBehind:
             await self._write_isolating(second)
             return
         self._counters.flush_batches += 1
-        self._counters.flushed_sessions += len(batch.sessions) + len(batch.deletes)
+        self._counters.flushed_sessions += len(batch.sessions) + len(batch.touched) + len(batch.deletes)
         self._counters.flushed_messages += len(batch.messages)
+        if self._refused:
+            self._refused.difference_update(batch.session_ids())
         # In batch order (not a set's hash order): the order waiters wake in
         # is part of the interleaving, and a test must be able to replay it.
-        for session_id in [*(s.id for s in batch.sessions), *batch.deletes]:
+        for session_id in batch.session_ids():
             entry = self._inflight[session_id]
             entry.settled = True
             for waiter in entry.waiters or ():
@@ -282,6 +301,10 @@ class WriteBehind:
         entry = self._inflight[session_id]
         self._counters.rejected_rows += len(batch)
         logger.error("the database refused session {} ({} rows), dropped: {}", session_id, len(batch), exc)
+        self._refused.add(session_id)
+        pending = self._pending.get(session_id)
+        if pending is not None:
+            pending.full = True
         entry.settled = True
         for waiter in entry.waiters or ():
             waiter.settle(exc)
@@ -289,6 +312,7 @@ class WriteBehind:
 
 def _batch_of(entries: Iterable[_Entry]) -> WriteBatch:
     sessions: list[Session] = []
+    touched: list[Session] = []
     messages: list[tuple[UUID, Message]] = []
     deletes: list[UUID] = []
     for entry in entries:
@@ -296,7 +320,7 @@ def _batch_of(entries: Iterable[_Entry]) -> WriteBatch:
             deletes.append(entry.session_id)
         else:
             assert entry.row is not None
-            sessions.append(entry.row)
+            (sessions if entry.full else touched).append(entry.row)
             if entry.messages:
                 messages.extend((entry.session_id, m) for m in entry.messages)
-    return WriteBatch(tuple(sessions), tuple(messages), tuple(deletes))
+    return WriteBatch(tuple(sessions), tuple(messages), tuple(deletes), tuple(touched))
