@@ -29,6 +29,18 @@ StoreFactory = Callable[[], Store]
 CONFIG = RuntimeConfig(flush_interval=60.0, session_timeout=600.0)
 
 
+class GatedStore(MemoryStore):
+    """A real MemoryStore whose writes wait for the test to open its gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = trio.Event()
+
+    async def write(self, batch):  # type: ignore[no-untyped-def]
+        await self.gate.wait()
+        await super().write(batch)
+
+
 async def test_create_and_get(store_factory: StoreFactory) -> None:
     async with open_runtime(CONFIG, store=store_factory()) as rt:
         session = await rt.create("user-1", "financeiro", chat_id="5511999990000@c.us",
@@ -348,23 +360,15 @@ async def test_calls_after_exit_raise_runtime_closed() -> None:
 
 
 async def test_cancelled_caller_leaves_no_half_applied_command() -> None:
-    gate = trio.Event()
-
-    class GatedStore(MemoryStore):
-        """A real MemoryStore whose writes wait for the test to open the gate."""
-
-        async def write(self, batch):  # type: ignore[no-untyped-def]
-            await gate.wait()
-            await super().write(batch)
-
+    store = GatedStore()
     config = RuntimeConfig(flush_interval=0.01, max_pending=2)
-    async with open_runtime(config, store=GatedStore()) as rt:
+    async with open_runtime(config, store=store) as rt:
         a = await rt.create("u", "max")
         b = await rt.create("u", "max")  # the buffer is now full, its flush is stuck
         with trio.move_on_after(0.05) as scope:
             await rt.update(a.id, title="never")  # waits for room, then is cancelled
         assert scope.cancelled_caught
-        gate.set()
+        store.gate.set()
         assert (await rt.get(a.id)).title is None
         assert (await rt.get(a.id)).version == 1
         assert (await rt.update(b.id, title="later")).version == 2
@@ -392,17 +396,9 @@ async def test_idle_resident_actors_run_no_task() -> None:
 
 
 async def test_callers_wait_for_mailbox_room_and_apply_in_arrival_order() -> None:
-    gate = trio.Event()
-
-    class GatedStore(MemoryStore):
-        """A real MemoryStore whose writes wait for the test to open the gate."""
-
-        async def write(self, batch):  # type: ignore[no-untyped-def]
-            await gate.wait()
-            await super().write(batch)
-
+    store = GatedStore()
     config = RuntimeConfig(flush_interval=0.01, max_pending=2, mailbox_size=1)
-    async with open_runtime(config, store=GatedStore()) as rt:
+    async with open_runtime(config, store=store) as rt:
         a = await rt.create("u", "max")
         await rt.get(a.id)  # resident
         await rt.create("u", "max")  # the buffer is now full, its flush is stuck
@@ -416,6 +412,6 @@ async def test_callers_wait_for_mailbox_room_and_apply_in_arrival_order() -> Non
                 nursery.start_soon(update, i)
                 await trio.testing.wait_all_tasks_blocked()
             assert versions == {}
-            gate.set()
+            store.gate.set()
         assert versions == {i: 2 + i for i in range(5)}
         assert (await rt.get(a.id)).title == "t4"

@@ -181,9 +181,7 @@ class MemoryStore:
             stored = self._sessions.get(session.id)
             if stored is not None and stored.version < session.version:
                 self._sessions[session.id] = replace(
-                    stored, last_activity=session.last_activity, expires_at=session.expires_at,
-                    updated_at=session.updated_at, version=session.version,
-                    message_count=session.message_count)
+                    stored, **{name: getattr(session, name) for name in ACTIVITY_FIELDS})
         for session_id, message in batch.messages:
             stored_messages = self._messages.setdefault(session_id, [])
             if not stored_messages or stored_messages[-1].seq < message.seq:

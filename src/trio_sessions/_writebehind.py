@@ -139,7 +139,7 @@ class WriteBehind:
         entry = self._pending.get(row.id)
         if entry is None:
             entry = self._new_entry(row.id)
-            entry.full = not activity or row.id in self._refused
+            entry.full = not activity or (bool(self._refused) and row.id in self._refused)
         elif not activity:
             entry.full = True
         entry.row = row
@@ -264,8 +264,10 @@ class WriteBehind:
             keep = 2 * self._config.flush_batch
             for entry in self._inflight.values():
                 self._size -= entry.size()
-                if len(spare) < keep:
-                    entry.reset(entry.session_id, 0, 0.0)  # drop the row, messages, waiters
+                if len(spare) < keep:  # reset when reused; let go of what it holds now
+                    entry.row = None
+                    entry.messages = None
+                    entry.waiters = None
                     spare.append(entry)
             self._inflight.clear()
             if self._size < self._alert_size:
