@@ -26,9 +26,12 @@ _WALL_OFFSET: trio.lowlevel.RunVar[float] = trio.lowlevel.RunVar("trio_sessions.
 class Clock:
     """Converts between Trio time and UTC datetimes."""
 
-    __slots__ = ("_offset",)
+    __slots__ = ("_delta", "_offset", "_seconds")
 
     def __init__(self) -> None:
+        # The last timeout `deadline_after` converted: sessions mostly share one.
+        self._seconds = 0.0
+        self._delta = timedelta(0)
         try:
             self._offset = _WALL_OFFSET.get()
         except LookupError:
@@ -64,5 +67,7 @@ class Clock:
         as: a session expires at the same instant whether its deadline came
         from memory or from the store.
         """
-        expires_at = wall + timedelta(seconds=seconds)
-        return self.to_trio(expires_at), expires_at
+        if seconds != self._seconds:
+            self._seconds, self._delta = seconds, timedelta(seconds=seconds)
+        expires_at = wall + self._delta
+        return expires_at.timestamp() - self._offset, expires_at
