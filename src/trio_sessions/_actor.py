@@ -248,15 +248,15 @@ class SessionActor:
         """
         return self.pending == 0 and self.session is not None and not self.retired
 
-    def apply(self, command: Command) -> tuple[Any, DurableWaiter | None]:
-        """Apply one command, synchronously: (value, durable waiter or None).
+    def apply(self, command: Command, now: float) -> tuple[Any, DurableWaiter | None]:
+        """Apply one command at Trio time `now`, synchronously: (value, durable waiter or None).
 
         Raises:
             SessionError: the command was refused; nothing changed.
         """
         if self._deleted:
             raise SessionNotFound(self.id)
-        value = _HANDLERS[type(command)](self, command)
+        value = _HANDLERS[type(command)](self, command, now)
         waiter = self._sup.writebehind.durable_waiter(self.id) if getattr(command, "durable", False) else None
         return value, waiter
 
@@ -324,7 +324,7 @@ class SessionActor:
                     if reply.abandoned:
                         continue
                 try:
-                    value, reply.waiter = self.apply(command)
+                    value, reply.waiter = self.apply(command, self._sup.clock.now())
                 except SessionError as exc:
                     reply.settle(None, exc)
                 else:
@@ -422,13 +422,11 @@ class SessionActor:
         self._sup.deadlines.touch(self.id, deadline)
         return self._commit(new, "updated", message, activity=True)
 
-    def _touch(self, command: Touch) -> Session:
-        now = self._sup.clock.now()
+    def _touch(self, command: Touch, now: float) -> Session:
         return self._activity(self._live(now), now)
 
-    def _update(self, command: Update) -> Session:
+    def _update(self, command: Update, now: float) -> Session:
         clock = self._sup.clock
-        now = clock.now()
         session = self._live(now)
         expected = command.expected_version
         if expected is not None and expected != session.version:
@@ -439,9 +437,8 @@ class SessionActor:
                       **command.changes)
         return self._commit(new, "updated")
 
-    def _append_message(self, command: AppendMessage) -> Session:
+    def _append_message(self, command: AppendMessage, now: float) -> Session:
         clock = self._sup.clock
-        now = clock.now()
         session = self._live(now)
         seq = session.message_count + 1
         message = Message(seq, command.role, command.content, clock.to_wall(now))
@@ -450,32 +447,29 @@ class SessionActor:
         self.messages.append(message)
         return self._activity(session, now, message)
 
-    def _add_note(self, command: AddNote) -> Session:
+    def _add_note(self, command: AddNote, now: float) -> Session:
         clock = self._sup.clock
-        now = clock.now()
         session = self._live(now)
         wall = clock.to_wall(now)
         new = replace(session, notes=(*session.notes, Note(command.text, wall)), updated_at=wall,
                       version=session.version + 1)
         return self._commit(new, "updated")
 
-    def _end(self, command: End) -> Session:
-        clock = self._sup.clock
-        now = clock.now()
+    def _end(self, command: End, now: float) -> Session:
         session = self.session
         assert session is not None
         if session.is_active and self.deadline <= now:
             return self._expire()
         if not session.is_active:
             return session
-        wall = clock.to_wall(now)
+        wall = self._sup.clock.to_wall(now)
         new = replace(session, is_active=False, ended_at=wall, end_reason=command.reason,
                       updated_at=wall, version=session.version + 1)
         self.deadline = math.inf
         self._sup.deadlines.discard(self.id)
         return self._commit(new, "ended")
 
-    def _delete(self, command: Delete) -> None:
+    def _delete(self, command: Delete, now: float) -> None:
         session = self.session
         assert session is not None
         sup = self._sup
@@ -486,13 +480,13 @@ class SessionActor:
         sup.publish("deleted", session)
         sup.retire(self)
 
-    def _expire_due(self, command: Expire) -> bool:
+    def _expire_due(self, command: Expire, now: float) -> bool:
         """True when this command expired the session."""
         session = self.session
         assert session is not None
         if not session.is_active:
             return False
-        if self.deadline > self._sup.clock.now():
+        if self.deadline > now:
             # Touched after the expiry task popped it: make sure it is queued again.
             self._sup.deadlines.touch(self.id, self.deadline)
             return False
@@ -512,14 +506,14 @@ class SessionActor:
         sup.retire(self)
         return new
 
-    def _read(self, command: Read) -> Session:
+    def _read(self, command: Read, now: float) -> Session:
         session = self.session
         assert session is not None
-        if session.is_active and self.deadline <= self._sup.clock.now():
+        if session.is_active and self.deadline <= now:
             return self._expire()
         return session
 
-    def _context(self, command: Context) -> tuple[Message, ...]:
+    def _context(self, command: Context, now: float) -> tuple[Message, ...]:
         messages = tuple(self.messages) if self.messages else ()
         return messages[-command.limit:]
 
@@ -555,7 +549,7 @@ _touched = _compile_copier("last_activity", "expires_at", "updated_at", "version
 _appended = _compile_copier("last_activity", "expires_at", "updated_at", "version", "message_count")
 _expired = _compile_copier("is_active", "ended_at", "end_reason", "updated_at", "version")
 
-_HANDLERS: dict[type, Callable[[SessionActor, Any], Any]] = {
+_HANDLERS: dict[type, Callable[[SessionActor, Any, float], Any]] = {
     Touch: SessionActor._touch,
     Update: SessionActor._update,
     AppendMessage: SessionActor._append_message,

@@ -314,12 +314,12 @@ class SessionRuntime:
             # switches and the mailbox. It re-checks after its checkpoint.
             await trio.lowlevel.checkpoint()
             self._check_open()
-            actor = self._actors.get(session_id)
-            if actor is not None and actor.idle() and (
-                    type(command) not in MUTATING or self.writebehind.has_room()):
+            # Still idle means still resident: an actor leaves `_actors` only
+            # by retiring, and a session has one actor that has not retired.
+            if actor.idle() and (type(command) not in MUTATING or self.writebehind.has_room()):
                 self._actors.move_to_end(session_id)
-                actor.last_used = trio.current_time()
-                value, waiter = actor.apply(command)
+                actor.last_used = now = trio.current_time()
+                value, waiter = actor.apply(command, now)
                 if waiter is not None:
                     await waiter.wait()
                 return value
@@ -369,7 +369,7 @@ class SessionRuntime:
                     if actor is not None and actor.idle() and self.writebehind.has_room():
                         # Nothing queued for it: expire it here, as a caller's
                         # fast path would (no mailbox, no task switch, no reply).
-                        actor.apply(Expire(deadline))
+                        actor.apply(Expire(deadline), self.clock.now())
                         continue
                     # Not awaited (one slow session must not hold up the rest), but
                     # tracked until the actor has answered, for cleanup_old_sessions.
