@@ -142,10 +142,16 @@ async def test_touched_rows_update_only_the_activity_columns(store: Store) -> No
                                   expires_at=later + timedelta(minutes=30), message_count=4,
                                   title="not written", state="not written")
     older = dataclasses.replace(touched, version=2, last_activity=T0 + timedelta(hours=1))
-    await store.write(WriteBatch((), (), (), (touched, missing)))
+    # The longest timeout, to the microsecond, comes back exact.
+    far = make_session()
+    far_touched = dataclasses.replace(far, version=2, last_activity=later, updated_at=later,
+                                      expires_at=later + timedelta(days=366, microseconds=-1))
+    await write(store, [far])
+    await store.write(WriteBatch((), (), (), (touched, missing, far_touched)))
     await store.write(WriteBatch((), (), (), (older,)))  # the version guard holds here too
     expected = dataclasses.replace(stored, **{f: getattr(touched, f) for f in ACTIVITY_FIELDS})
     assert await load(store, stored.id) == expected
+    assert await load(store, far.id) == far_touched
     assert await load(store, missing.id) is None  # a touch never creates a row
 
 

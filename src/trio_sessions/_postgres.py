@@ -30,7 +30,7 @@ import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeAlias, TypeVar
 from uuid import UUID
 
@@ -62,6 +62,8 @@ _APPLICATION_NAME: Final = "trio-sessions"
 
 #: Timeout of the single connection made by the admin helpers below.
 ADMIN_CONNECT_TIMEOUT: Final = 10.0
+
+_MICROSECOND: Final = timedelta(microseconds=1)
 
 # ------------------------------------------------------------------------- SQL
 
@@ -97,12 +99,18 @@ WHERE sessions.version < EXCLUDED.version
 
 # Rows changed only by activity (WriteBatch.touched): five columns, not
 # eighteen, under the same version guard; a row not stored stays missing.
+# Touched rows come from activity alone, so `updated_at` is `last_activity`
+# (WriteBatch), and `expires_at` comes as the microseconds after it: an
+# integer times a microsecond is exact in PostgreSQL (below 2**53, and the
+# longest timeout is 2**45 us), and time-only intervals add the same in every
+# time zone. asyncpg encodes an integer in a quarter of a timestamp's time.
 _TOUCH_SESSIONS: Final = """
 UPDATE sessions AS s
-SET last_activity = t.last_activity, expires_at = t.expires_at, updated_at = t.updated_at,
+SET last_activity = t.last_activity, updated_at = t.last_activity,
+    expires_at = t.last_activity + t.expires_in * INTERVAL '1 microsecond',
     version = t.version, message_count = t.message_count
-FROM unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[], $4::timestamptz[], $5::bigint[],
-            $6::integer[]) AS t (id, last_activity, expires_at, updated_at, version, message_count)
+FROM unnest($1::uuid[], $2::timestamptz[], $3::bigint[], $4::bigint[], $5::integer[])
+     AS t (id, last_activity, expires_in, version, message_count)
 WHERE s.id = t.id AND s.version < t.version
 """
 
@@ -597,8 +605,9 @@ def _session_columns(sessions: Sequence[Session]) -> list[Sequence[Any]]:
 
 
 def _touched_columns(sessions: Sequence[Session]) -> list[Sequence[Any]]:
-    """The 6 column arrays of `_TOUCH_SESSIONS`, rows in id order."""
-    rows = [(s.id, s.last_activity, s.expires_at, s.updated_at, s.version, s.message_count)
+    """The 5 column arrays of `_TOUCH_SESSIONS`, rows in id order."""
+    rows = [(s.id, s.last_activity, (s.expires_at - s.last_activity) // _MICROSECOND, s.version,
+             s.message_count)
             for s in sorted(sessions, key=_id_int)]
     return list(zip(*rows, strict=True))
 

@@ -27,7 +27,8 @@ class WriteBatch:
 
     `sessions` are upserted only where their version is newer than the stored
     row. `touched` rows differ from the version last written (or read) only
-    in `ACTIVITY_FIELDS`: a store updates just those columns of the stored
+    in `ACTIVITY_FIELDS`, and come from activity, so their `updated_at` is
+    their `last_activity`: a store updates just those columns of the stored
     row, again only where its version is older, and leaves a session it
     does not hold missing. `messages` are appended, ignoring a
     `(session_id, seq)` already stored; `deletes` remove a session's row and
