@@ -18,6 +18,7 @@ OPERATIONS: Final = (
 _STEPS_PER_OCTAVE: Final = 16
 _OCTAVES: Final = 40  # up to 2**40 us, about 12 days
 _BUCKETS: Final = _OCTAVES * _STEPS_PER_OCTAVE
+_frexp: Final = math.frexp
 
 
 class LatencyHistogram:
@@ -38,9 +39,13 @@ class LatencyHistogram:
         if seconds > self.max:
             self.max = seconds
         # frexp is a float's own exponent and mantissa (in [0.5, 1)): no logarithm needed.
-        mantissa, exponent = math.frexp(seconds * 1e6)
+        mantissa, exponent = _frexp(seconds * 1e6)
         index = exponent * _STEPS_PER_OCTAVE + int((mantissa - 0.5) * 2 * _STEPS_PER_OCTAVE)
-        self._buckets[min(max(index, 0), _BUCKETS - 1)] += 1
+        if index < 0:
+            index = 0
+        elif index >= _BUCKETS:
+            index = _BUCKETS - 1
+        self._buckets[index] += 1
 
     def quantile(self, q: float) -> float:
         """The upper edge of the bucket holding quantile `q` (never above `max`)."""

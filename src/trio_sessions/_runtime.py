@@ -62,6 +62,8 @@ T = TypeVar("T")
 
 MAX_PAGE: Final = 1000
 _UNSET: Final[Any] = object()
+#: The two Touch commands (immutable): the commonest call builds none.
+_TOUCH: Final = {False: Touch(False), True: Touch(True)}
 
 
 def _measured(name: str) -> Callable[[Callable[P, Coroutine[Any, Any, T]]],
@@ -578,7 +580,7 @@ class SessionRuntime:
             SessionNotFound, SessionInactive.
         """
         sid = model.check_session_id(session_id)
-        return await self._call(sid, Touch(model.check_bool("durable", durable)))  # type: ignore[no-any-return]
+        return await self._call(sid, _TOUCH[model.check_bool("durable", durable)])  # type: ignore[no-any-return]
 
     @_measured("update")
     async def update(self, session_id: UUID | str, *, expected_version: int | None = None,
