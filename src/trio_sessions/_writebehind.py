@@ -252,11 +252,15 @@ class WriteBehind:
             await self._flush_batch()
 
     async def _flush_batch(self) -> None:
-        taken = list(islice(self._pending, self._config.flush_batch))
-        for session_id in taken:
-            self._inflight[session_id] = self._pending.pop(session_id)
+        if len(self._pending) <= self._config.flush_batch:
+            # Everything goes: swap the (empty) in-flight dict in rather than move each entry.
+            self._inflight, self._pending = self._pending, self._inflight
+        else:
+            taken = list(islice(self._pending, self._config.flush_batch))
+            for session_id in taken:
+                self._inflight[session_id] = self._pending.pop(session_id)
         try:
-            await self._write_isolating(_batch_of(self._inflight.values()))
+            await self._write_isolating(_batch_of(self._inflight.values()), whole=True)
         finally:
             # Cancellation (a shutdown that ran out of time) leaves the rows
             # unwritten; they are already counted as lost by the caller.
@@ -275,8 +279,11 @@ class WriteBehind:
             self._space.unpark_all()
             self._settled.unpark_all()
 
-    async def _write_isolating(self, batch: WriteBatch) -> None:
-        """Write a batch; if the database refuses it, split it until the bad rows are found."""
+    async def _write_isolating(self, batch: WriteBatch, *, whole: bool = False) -> None:
+        """Write a batch; if the database refuses it, split it until the bad rows are found.
+
+        `whole`: the batch holds every entry in flight.
+        """
         try:
             await self._write_retrying(batch)
         except WriteRejected as exc:
@@ -293,10 +300,11 @@ class WriteBehind:
         self._counters.flushed_messages += len(batch.messages)
         if self._refused:
             self._refused.difference_update(batch.session_ids())
-        # In batch order (not a set's hash order): the order waiters wake in
-        # is part of the interleaving, and a test must be able to replay it.
-        for session_id in batch.session_ids():
-            entry = self._inflight[session_id]
+        # In buffer or batch order (not a set's hash order): the order waiters
+        # wake in is part of the interleaving, and a test must be able to replay it.
+        inflight = self._inflight
+        entries = inflight.values() if whole else [inflight[i] for i in batch.session_ids()]
+        for entry in entries:
             entry.settled = True
             for waiter in entry.waiters or ():
                 waiter.settle(None)
