@@ -22,7 +22,7 @@ def test_defaults() -> None:
     ("session_timeout", "30"), ("flush_interval", math.inf), ("max_messages", 0),
     ("max_messages", 2.0), ("max_resident", True), ("max_pending", -3), ("pool_min", 11),
     ("retry_initial_delay", 10.0), ("database_url", ""), ("database_url", "x\x00y"),
-    ("alert_pending_fraction", 1.5),
+    ("alert_pending_fraction", 1.5), ("flush_concurrency", 0),
 ])
 def test_invalid_values_name_the_field(field: str, value: object) -> None:
     with pytest.raises(InvalidArgument) as info:

@@ -111,6 +111,121 @@ async def test_a_full_batch_flushes_without_waiting(autojump_clock: MockClock) -
         assert trio.current_time() == start  # no timer was needed
 
 
+class HeldStore(MemoryStore):
+    """A real MemoryStore whose writes wait until the test releases them (while `holding`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.holding = True
+        self.held: list[tuple[WriteBatch, trio.Event]] = []
+        self.writing: set[object] = set()  # sessions of the writes under way
+
+    async def hold(self, batch: WriteBatch) -> None:
+        ids = set(batch.session_ids())
+        assert not ids & self.writing, "two writes under way share a session"
+        self.writing |= ids
+        release = trio.Event()
+        self.held.append((batch, release))
+        try:
+            if self.holding:
+                await release.wait()
+        finally:
+            self.writing -= ids
+
+    async def write(self, batch: WriteBatch) -> None:
+        await self.hold(batch)
+        await super().write(batch)
+
+    def ids(self, index: int) -> set[object]:
+        return set(self.held[index][0].session_ids())
+
+
+async def test_batches_are_written_concurrently_but_never_share_a_session(
+        autojump_clock: MockClock) -> None:
+    store = HeldStore()
+    config = RuntimeConfig(flush_interval=3600.0, flush_batch=5, flush_concurrency=2)
+    async with open_runtime(config, store=store) as rt:
+        first = [await rt.create("u", "geral") for _ in range(5)]
+        await trio.testing.wait_all_tasks_blocked()
+        assert store.ids(0) == {s.id for s in first}
+        # A second batch of the same sessions waits for the first to be written...
+        touched = [await rt.update_last_activity(s.id) for s in first]
+        second = [await rt.create("u", "geral") for _ in range(5)]  # ...and holds the other lane
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(store.held) == 1
+        # Reads see the newest row of a session that is in two batches at once.
+        assert rt.writebehind.lookup(first[0].id) == (touched[0], False, [])
+        flushed = trio.Event()
+
+        async def flush() -> None:
+            await rt.flush()
+            flushed.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(flush)
+            store.held[0][1].set()
+            await trio.testing.wait_all_tasks_blocked()
+            # The newer rows of the first sessions, and the other sessions, at once.
+            assert len(store.held) == 3
+            assert (store.ids(1), store.ids(2)) == ({s.id for s in first}, {s.id for s in second})
+            store.held[2][1].set()
+            await trio.testing.wait_all_tasks_blocked()
+            assert not flushed.is_set()  # the touched rows are still being written
+            store.held[1][1].set()
+        assert rt.metrics().flush_batches == 3
+    for session in [*touched, *second]:
+        assert (await store.load(session.id, messages=0))[0] == session  # type: ignore[index]
+
+
+async def test_a_refused_row_makes_the_next_batch_write_the_session_whole(
+        autojump_clock: MockClock) -> None:
+    class RefusingStore(HeldStore):
+        """Refuses a full row titled 'poison', as a CHECK constraint would."""
+
+        async def write(self, batch: WriteBatch) -> None:
+            await self.hold(batch)
+            if any(s.title == "poison" for s in batch.sessions):
+                raise WriteRejected("check constraint no_poison")
+            await MemoryStore.write(self, batch)
+
+    store = RefusingStore()
+    async with open_runtime(RuntimeConfig(flush_interval=3600.0), store=store) as rt:
+        store.holding = False
+        stored = await rt.create("u", "geral", title="fine", durable=True)
+        store.holding = True
+        await rt.update(stored.id, title="poison")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(rt.flush)  # the poisoned row, held
+            await trio.testing.wait_all_tasks_blocked()
+            await rt.update_last_activity(stored.id)  # activity only since
+            nursery.start_soon(rt.flush)  # a second batch: waits for the first
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(store.held) == 2
+            store.held[1][1].set()  # refused
+            await trio.testing.wait_all_tasks_blocked()
+            # The session's next row goes whole, and is refused again: as a
+            # touched row it would move the stored version past the refused change.
+            (batch, release) = store.held[2]
+            assert [s.id for s in batch.sessions] == [stored.id] and batch.touched == ()
+            release.set()
+        assert rt.metrics().rejected_rows == 2
+    assert (await store.load(stored.id, messages=0))[0] == stored  # type: ignore[index]
+
+
+async def test_one_batch_at_a_time_when_flush_concurrency_is_1(autojump_clock: MockClock) -> None:
+    store = HeldStore()
+    config = RuntimeConfig(flush_interval=3600.0, flush_batch=5, flush_concurrency=1)
+    async with open_runtime(config, store=store) as rt:
+        for _ in range(10):
+            await rt.create("u", "geral")
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(store.held) == 1
+        store.held[0][1].set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(store.held) == 2
+        store.held[1][1].set()
+
+
 async def test_transient_failures_are_retried_and_nothing_is_lost(autojump_clock: MockClock) -> None:
     store = OutageStore(failures=6)
     config = RuntimeConfig(flush_interval=0.1, retry_initial_delay=0.1, retry_max_delay=1.0)

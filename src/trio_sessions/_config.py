@@ -42,6 +42,9 @@ class RuntimeConfig:
     flush_interval: float = 0.2
     #: Sessions written per transaction; a full batch is flushed at once.
     flush_batch: int = 2000
+    #: Batches written at once, each on a pooled connection of its own, so
+    #: that one is encoded while another is in the database.
+    flush_concurrency: int = 2
     #: Buffered writes (sessions plus messages) before writers wait.
     max_pending: int = 100_000
     #: Events a subscriber's buffer holds; beyond that events are counted and dropped.
@@ -82,6 +85,7 @@ class RuntimeConfig:
         check_int("max_resident", self.max_resident, low=1, high=100_000_000)
         check_int("mailbox_size", self.mailbox_size, low=1, high=1_000_000)
         check_int("flush_batch", self.flush_batch, low=1, high=1_000_000)
+        check_int("flush_concurrency", self.flush_concurrency, low=1, high=1000)
         check_int("max_pending", self.max_pending, low=1, high=1_000_000_000)
         check_int("subscriber_buffer", self.subscriber_buffer, low=1, high=10_000_000)
         check_int("pool_min", self.pool_min, low=0, high=10_000)

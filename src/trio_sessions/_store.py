@@ -118,7 +118,11 @@ class Store(Protocol):
         ...
 
     async def write(self, batch: WriteBatch) -> None:
-        """Apply one batch atomically (see `WriteBatch`)."""
+        """Apply one batch atomically (see `WriteBatch`).
+
+        The runtime writes up to `flush_concurrency` batches at once; batches
+        written at the same time never share a session.
+        """
         ...
 
     async def list(self, query: ListQuery) -> list[Session]:

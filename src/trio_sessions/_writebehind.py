@@ -6,9 +6,14 @@ buffer keeps only the newest row, and every message appended since the last
 flush, in order. A batch takes the sessions that have been dirty longest, at
 most `flush_batch` of them, and is written in one transaction; it is flushed
 when it is full, when `flush_interval` has passed since its oldest change, or
-when somebody waits for durability. A session whose buffered changes are all
-activity (touches, appended messages) is written as a `touched` row: only the
-activity columns, a third of the encoding and of the statement's work.
+when somebody waits for durability. Up to `flush_concurrency` batches are
+written at once, so that one is encoded while another is in the database. A
+batch that shares a session with a batch still being written waits for that
+one before it writes, so a session's writes reach the store one after the
+other, in order, and writes under way at the same time never share a session.
+A session whose buffered changes are all activity (touches, appended
+messages) is written as a `touched` row: only the activity columns, a third
+of the encoding and of the statement's work.
 
 Every change gets a ticket (a counter). An entry carries the ticket of its
 first change since the previous flush, and entries sit in the buffer in ticket
@@ -82,6 +87,16 @@ class _Entry:
         return 1 + len(self.messages) if self.messages else 1
 
 
+class _Batch:
+    """Entries taken from the buffer to be written together."""
+
+    __slots__ = ("entries", "written")
+
+    def __init__(self, entries: dict[UUID, _Entry]) -> None:
+        self.entries = entries
+        self.written = trio.Event()  # set once the write is over, done or not
+
+
 class WriteBehind:
     """The buffer and its flusher. Only the runtime's own tasks call it."""
 
@@ -100,7 +115,8 @@ class WriteBehind:
         # Sessions whose row the store refused: their next write must be whole,
         # since the stored row may lack more than activity.
         self._refused: set[UUID] = set()
-        self._inflight: dict[UUID, _Entry] = {}
+        # The batches being written (or waiting to), oldest first.
+        self._inflight: list[_Batch] = []
         self._size = 0  # buffered writes, pending and in flight: rows, deletes and messages
         self._ticket = 0
         self._alert_size = max(1, int(config.max_pending * config.alert_pending_fraction))
@@ -108,7 +124,9 @@ class WriteBehind:
         self._dirty = trio.Event()  # set when the buffer becomes non-empty
         self._urgent = trio.Event()  # set when a batch should go now
         self._space = trio.lowlevel.ParkingLot()  # writers waiting for room
-        self._settled = trio.lowlevel.ParkingLot()  # flush() callers waiting
+        # flush() callers, and the flusher when it may not start a batch: a
+        # batch written wakes them.
+        self._settled = trio.lowlevel.ParkingLot()
 
     # ------------------------------------------------------------ the actors' side
 
@@ -167,7 +185,7 @@ class WriteBehind:
 
         Asks the flusher to write now.
         """
-        entry = self._pending.get(session_id) or self._inflight.get(session_id)
+        entry = self._pending.get(session_id) or self._in_flight(session_id)
         if entry is None or entry.settled:
             return None
         waiter = DurableWaiter()
@@ -184,23 +202,25 @@ class WriteBehind:
         The in-flight batch counts too, so a change is never read stale while
         it is being written.
         """
-        pending = self._pending.get(session_id)
-        inflight = self._inflight.get(session_id)
-        if pending is not None and pending.deleted:
+        entries = [entry for entry in (*(batch.entries.get(session_id) for batch in self._inflight),
+                                       self._pending.get(session_id)) if entry is not None]
+        if entries and entries[-1].deleted:  # nothing follows a deletion
             return None, True, []
         messages: list[Message] = []
         row = None
-        if inflight is not None:
-            if inflight.deleted and pending is None:
-                return None, True, []
-            row = inflight.row
-            if inflight.messages:
-                messages.extend(inflight.messages)
-        if pending is not None:
-            row = pending.row
-            if pending.messages:
-                messages.extend(pending.messages)
+        for entry in entries:  # oldest first
+            row = entry.row
+            if entry.messages:
+                messages.extend(entry.messages)
         return row, False, messages
+
+    def _in_flight(self, session_id: UUID) -> _Entry | None:
+        """The session's newest entry in flight, if any."""
+        for batch in reversed(self._inflight):
+            entry = batch.entries.get(session_id)
+            if entry is not None:
+                return entry
+        return None
 
     def _new_entry(self, session_id: UUID) -> _Entry:
         if self._spare:
@@ -231,69 +251,90 @@ class WriteBehind:
         await trio.lowlevel.checkpoint()
 
     def _oldest_ticket(self) -> float:
-        for buffer in (self._inflight, self._pending):
-            for entry in buffer.values():
+        for buffer in (*(batch.entries for batch in self._inflight), self._pending):
+            for entry in buffer.values():  # the first is the oldest
                 return entry.ticket
         return float("inf")
 
     # ------------------------------------------------------------------ flusher
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """The flusher: runs until cancelled, one batch at a time."""
-        task_status.started()
-        while True:
-            while not self._pending:
-                self._dirty = trio.Event()
-                await self._dirty.wait()
-            oldest = next(iter(self._pending.values()))
-            with trio.move_on_at(oldest.since + self._config.flush_interval):
-                await self._urgent.wait()
-            self._urgent = trio.Event()
-            await self._flush_batch()
+        """The flusher: runs until cancelled, starting batches in their own tasks."""
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            while True:
+                while len(self._inflight) >= self._config.flush_concurrency:
+                    await self._settled.park()
+                while not self._pending:
+                    self._dirty = trio.Event()
+                    await self._dirty.wait()
+                oldest = next(iter(self._pending.values()))
+                with trio.move_on_at(oldest.since + self._config.flush_interval):
+                    await self._urgent.wait()
+                self._urgent = trio.Event()
+                batch = _Batch(self._take())
+                # Sets built from dicts reuse the keys' stored hashes (UUID's own
+                # __hash__ is Python code): cheap next to the write.
+                ids = set(batch.entries)
+                earlier = [other for other in self._inflight if not ids.isdisjoint(set(other.entries))]
+                self._inflight.append(batch)
+                nursery.start_soon(self._flush_batch, batch, earlier)
 
-    async def _flush_batch(self) -> None:
-        if len(self._pending) <= self._config.flush_batch:
-            # Everything goes: swap the (empty) in-flight dict in rather than move each entry.
-            self._inflight, self._pending = self._pending, self._inflight
-        else:
-            taken = list(islice(self._pending, self._config.flush_batch))
-            for session_id in taken:
-                self._inflight[session_id] = self._pending.pop(session_id)
+    def _take(self) -> dict[UUID, _Entry]:
+        """Move the oldest `flush_batch` entries out of the buffer."""
+        pending = self._pending
+        if len(pending) <= self._config.flush_batch:
+            # Everything goes: hand the dict over rather than move each entry.
+            self._pending = {}
+            return pending
+        taken = list(islice(pending, self._config.flush_batch))
+        return {session_id: pending.pop(session_id) for session_id in taken}
+
+    async def _flush_batch(self, batch: _Batch, earlier: list[_Batch]) -> None:
+        """Write one batch, after the earlier ones it shares sessions with."""
+        inflight = batch.entries
         try:
-            await self._write_isolating(_batch_of(self._inflight.values()), whole=True)
+            for other in earlier:
+                await other.written.wait()
+            # Built only now: a row an earlier batch had refused makes the
+            # same session's row here a full one (see _reject).
+            await self._write_isolating(_batch_of(inflight.values()), inflight, whole=True)
         finally:
             # Cancellation (a shutdown that ran out of time) leaves the rows
             # unwritten; they are already counted as lost by the caller.
             spare = self._spare
             keep = 2 * self._config.flush_batch
-            for entry in self._inflight.values():
+            for entry in inflight.values():
                 self._size -= entry.size()
                 if len(spare) < keep:  # reset when reused; let go of what it holds now
                     entry.row = None
                     entry.messages = None
                     entry.waiters = None
                     spare.append(entry)
-            self._inflight.clear()
+            self._inflight.remove(batch)
+            batch.written.set()
             if self._size < self._alert_size:
                 self._alerted = False
             self._space.unpark_all()
             self._settled.unpark_all()
 
-    async def _write_isolating(self, batch: WriteBatch, *, whole: bool = False) -> None:
+    async def _write_isolating(self, batch: WriteBatch, inflight: dict[UUID, _Entry], *,
+                               whole: bool = False) -> None:
         """Write a batch; if the database refuses it, split it until the bad rows are found.
 
-        `whole`: the batch holds every entry in flight.
+        `inflight`: the entries being written, of which `batch` is all
+        (`whole`) or part.
         """
         try:
             await self._write_retrying(batch)
         except WriteRejected as exc:
             ids = batch.session_ids()
             if len(ids) == 1:
-                self._reject(ids[0], batch, exc)
+                self._reject(inflight[ids[0]], batch, exc)
                 return
             first, second = batch.split()
-            await self._write_isolating(first)
-            await self._write_isolating(second)
+            await self._write_isolating(first, inflight)
+            await self._write_isolating(second, inflight)
             return
         self._counters.flush_batches += 1
         self._counters.flushed_sessions += len(batch.sessions) + len(batch.touched) + len(batch.deletes)
@@ -302,7 +343,6 @@ class WriteBehind:
             self._refused.difference_update(batch.session_ids())
         # In buffer or batch order (not a set's hash order): the order waiters
         # wake in is part of the interleaving, and a test must be able to replay it.
-        inflight = self._inflight
         entries = inflight.values() if whole else [inflight[i] for i in batch.session_ids()]
         for entry in entries:
             entry.settled = True
@@ -326,14 +366,15 @@ class WriteBehind:
                 await trio.sleep(self._rng.uniform(delay / 2, delay))
                 delay = min(delay * 2, self._config.retry_max_delay)
 
-    def _reject(self, session_id: UUID, batch: WriteBatch, exc: WriteRejected) -> None:
-        entry = self._inflight[session_id]
+    def _reject(self, entry: _Entry, batch: WriteBatch, exc: WriteRejected) -> None:
+        session_id = entry.session_id
         self._counters.rejected_rows += len(batch)
         logger.error("the database refused session {} ({} rows), dropped: {}", session_id, len(batch), exc)
         self._refused.add(session_id)
-        pending = self._pending.get(session_id)
-        if pending is not None:
-            pending.full = True
+        for later in (*(batch.entries.get(session_id) for batch in self._inflight),
+                      self._pending.get(session_id)):
+            if later is not None:
+                later.full = True
         entry.settled = True
         for waiter in entry.waiters or ():
             waiter.settle(exc)
