@@ -116,6 +116,24 @@ async def test_data_errors_reject_the_whole_batch(postgres_url: str) -> None:
         assert await store.load(good.id, messages=5) is None
 
 
+async def test_a_large_batch_goes_in_parts_of_one_transaction(postgres_url: str) -> None:
+    store = PostgresStore(postgres_url)
+    async with store.connect():
+        sessions = sorted((make_session() for _ in range(1200)), key=lambda s: s.id)
+        # The last row in id order, in the third statement, is refused: the
+        # first two statements' rows must go with it.
+        refused = [*sessions[:-1], make_session(id=sessions[-1].id, user_id=None)]
+        with pytest.raises(WriteRejected):
+            await store.write(WriteBatch(tuple(refused), (), ()))
+        assert await store.load_sessions([s.id for s in sessions]) == {}
+        touched = [make_session(id=s.id, version=2, last_activity=T0 + timedelta(seconds=1),
+                                updated_at=T0 + timedelta(seconds=1),
+                                expires_at=T0 + timedelta(seconds=1801)) for s in sessions]
+        await store.write(WriteBatch(tuple(sessions), (), ()))
+        await store.write(WriteBatch((), (), (), tuple(touched)))
+        assert await store.load_sessions([s.id for s in sessions]) == {s.id: s for s in touched}
+
+
 async def test_unreachable_server_is_unavailable() -> None:
     store = PostgresStore(UNREACHABLE, RuntimeConfig(connect_timeout=1.0))
     with pytest.raises(StoreUnavailable) as caught:
