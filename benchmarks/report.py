@@ -75,9 +75,14 @@ def _pyplot() -> Any:
     return plt
 
 
+def _save(fig: Any, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+
+
 def plot_throughput(series: dict[str, Any], path: Path, scenario: str) -> None:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = _pyplot().subplots(figsize=(7, 4.5))
     callers = series["callers"]
     for name, values in series.items():
         if name != "callers":
@@ -89,14 +94,11 @@ def plot_throughput(series: dict[str, Any], path: Path, scenario: str) -> None:
     ax.set_ylim(bottom=0)
     ax.grid(True, alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_memory(series: dict[str, Any], path: Path, scenario: str) -> None:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = _pyplot().subplots(figsize=(7, 4.5))
     for store, points in series.items():
         ax.plot(points["live"], points["rss_mib"], marker=".", label=store)
     ax.axhline(1.5 * 1024, color="red", linestyle="--", linewidth=1, label="target: 1.5 GiB")
@@ -105,14 +107,11 @@ def plot_memory(series: dict[str, Any], path: Path, scenario: str) -> None:
     ax.set_title(f"{scenario}: resident memory against live sessions")
     ax.grid(True, alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_lag(series: dict[str, Any], path: Path, scenario: str) -> None:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = _pyplot().subplots(figsize=(7, 4.5))
     for name, points in series.items():
         ax.scatter(points["deadline_s"], points["lag_ms"], s=2, alpha=0.5, label=name)
     ax.axhline(50, color="red", linestyle="--", linewidth=1, label="target p99: 50 ms")
@@ -123,14 +122,11 @@ def plot_lag(series: dict[str, Any], path: Path, scenario: str) -> None:
     ax.set_title(f"{scenario}: lag of each expiry after its deadline")
     ax.grid(True, alpha=0.3)
     ax.legend(markerscale=5)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_latency(series: dict[str, Any], path: Path, scenario: str) -> None:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = _pyplot().subplots(figsize=(7, 4.5))
     names = list(series)
     quantiles = ["p50", "p90", "p99", "p99.9", "max"]
     width = 0.8 / max(1, len(names))
@@ -143,9 +139,7 @@ def plot_latency(series: dict[str, Any], path: Path, scenario: str) -> None:
     ax.set_title(f"{scenario}: update_last_activity latency percentiles under load")
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 PLOTS: dict[tuple[str, str], Callable[[dict[str, Any], Path, str], None]] = {

@@ -78,6 +78,19 @@ async def _measure_write_through(pool: _pg.RawPool, ids: list[Any], callers: int
     return await closed_loop(callers, seconds, op)
 
 
+async def _alternate(pool: _pg.RawPool, baseline_ids: list[Any], rt: SessionRuntime, ids: list[Any],
+                     callers: int, seconds: float, rounds: int) -> tuple[dict[str, list[Rate]], int]:
+    """`rounds` rounds of write-through then write-behind: the rates, and rows the runtime wrote."""
+    rates: dict[str, list[Rate]] = {"write-through": [], "write-behind": []}
+    rows = 0
+    for _ in range(rounds):
+        rates["write-through"].append(await _measure_write_through(pool, baseline_ids, callers, seconds))
+        rate, written = await _measure_runtime(rt, ids, callers, seconds)
+        rates["write-behind"].append(rate)
+        rows += written
+    return rates, rows
+
+
 async def run(ctx: Context) -> Result:
     result = Result(NAME, TITLE)
     callers = ctx.size(100, 10)
@@ -96,28 +109,12 @@ async def run(ctx: Context) -> Result:
                 await rt.update_last_activity(session_id)
             await rt.flush()
 
-            spread: dict[str, list[Rate]] = {"write-through": [], "write-behind": []}
-            spread_rows = 0
-            for _ in range(rounds):
-                spread["write-through"].append(await _measure_write_through(pool, baseline_ids, callers,
-                                                                            seconds))
-                rate, rows = await _measure_runtime(rt, ids, callers, seconds)
-                spread["write-behind"].append(rate)
-                spread_rows += rows
-
+            spread, spread_rows = await _alternate(pool, baseline_ids, rt, ids, callers, seconds, rounds)
             behind_rate = median([r.per_second for r in spread["write-behind"]])
             hot_count = round(behind_rate * config.flush_interval / TOUCHES_PER_INTERVAL)
             hot_count = min(sessions, max(1, hot_count))
-            hot_ids = ids[:hot_count]
-            hot_baseline_ids = baseline_ids[:hot_count]
-            hot: dict[str, list[Rate]] = {"write-through": [], "write-behind": []}
-            hot_rows = 0
-            for _ in range(rounds):
-                hot["write-through"].append(await _measure_write_through(pool, hot_baseline_ids, callers,
-                                                                         seconds))
-                rate, rows = await _measure_runtime(rt, hot_ids, callers, seconds)
-                hot["write-behind"].append(rate)
-                hot_rows += rows
+            hot, hot_rows = await _alternate(pool, baseline_ids[:hot_count], rt, ids[:hot_count], callers,
+                                             seconds, rounds)
 
     table = result.table(
         f"update_last_activity, {callers} concurrent callers, {seconds} s per variant, median of {rounds} "
