@@ -42,6 +42,7 @@ import trio
 
 from trio_sessions import PostgresStore, RuntimeConfig, Session
 from trio_sessions._metrics import Counters
+from trio_sessions._retry import Retry
 from trio_sessions._store import WriteBatch
 from trio_sessions._writebehind import WriteBehind
 
@@ -113,7 +114,7 @@ async def _store_write(store: PostgresStore, sessions: list[Session], batch: int
 async def _write_behind(store: PostgresStore, config: RuntimeConfig, sessions: list[Session]
                         ) -> tuple[float, int]:
     counters = Counters()
-    writebehind = WriteBehind(store, config, counters, random.Random(3))
+    writebehind = WriteBehind(store, config, counters, Retry(config, counters, random.Random(3)))
     async with trio.open_nursery() as nursery:
         await nursery.start(writebehind.run)
         started = time.perf_counter()

@@ -15,7 +15,7 @@ window runs with the collector on, as in production, and the table counts
 its full collections.
 
 Lag = `trio.current_time()` when a subscriber receives the 'expired' event
-minus `rt.clock.to_trio(session.expires_at)`. The baseline is Trio's own
+minus `rt.deadline(session)`. The baseline is Trio's own
 timer precision in the same process: one task sleeping until each of the N
 deadlines in turn (`trio.sleep_until`), lag measured the same way.
 """
@@ -70,7 +70,7 @@ async def measure_runtime(count: int, window: float, url: str | None) -> dict[st
             async def consume() -> None:
                 async for event in events:
                     if event.kind == "expired":
-                        deadline = rt.clock.to_trio(event.session.expires_at)
+                        deadline = rt.deadline(event.session)
                         lags.append(trio.current_time() - deadline)
                         offsets.append(deadline - window_start)
                         if len(lags) == count:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 from datetime import timedelta
 
-from trio_sessions._actor import _appended, _expired, _touched, expired_snapshot
 from trio_sessions._model import Note
+from trio_sessions._transitions import _appended, _expired, _touched
+from trio_sessions._transitions import expired as expired_snapshot
 
 from .test_store_contract import T0, make_session
 

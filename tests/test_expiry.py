@@ -12,7 +12,7 @@ import trio.testing
 from trio.testing import MockClock
 
 from trio_sessions import MemoryStore, RuntimeConfig, SessionInactive, open_runtime
-from trio_sessions._expiry import DeadlineQueue
+from trio_sessions._deadlines import DeadlineQueue
 
 MINUTE = 60.0
 
@@ -142,7 +142,7 @@ async def test_session_expires_exactly_at_its_deadline(autojump_clock: MockClock
             assert (await events.receive()).kind == "created"
             event = await events.receive()
             assert event.kind == "expired"
-            assert trio.current_time() == rt.clock.to_trio(session.expires_at)
+            assert trio.current_time() == rt.deadline(session)
             assert trio.current_time() == pytest.approx(start + MINUTE, abs=1e-6)
             assert event.session.id == session.id
             assert event.session.is_active is False
@@ -179,14 +179,14 @@ async def test_non_activity_changes_do_not_slide(autojump_clock: MockClock) -> N
         async with rt.subscribe() as events:
             event = await events.receive()
         assert event.kind == "expired"
-        assert trio.current_time() == rt.clock.to_trio(session.expires_at)
+        assert trio.current_time() == rt.deadline(session)
         assert trio.current_time() == pytest.approx(start + MINUTE, abs=1e-6)
 
 
 async def test_expired_session_is_never_revived(autojump_clock: MockClock) -> None:
     async with open_runtime(config(), store=MemoryStore()) as rt:
         session = await rt.create("u1", "max", timeout=5.0)
-        await trio.sleep_until(rt.clock.to_trio(session.expires_at))  # to the microsecond
+        await trio.sleep_until(rt.deadline(session))  # to the microsecond
         with pytest.raises(SessionInactive):
             await rt.update_last_activity(session.id)
         with pytest.raises(SessionInactive):
@@ -201,8 +201,8 @@ async def test_overdue_call_expires_before_the_expiry_task_runs(autojump_clock: 
     # Even if the expiry task has not run yet, a session is never used past its deadline.
     async with open_runtime(config(), store=MemoryStore()) as rt:
         session = await rt.create("u1", "max", timeout=5.0)
-        rt._background.cancel()  # no expiry task from here on
-        await trio.sleep_until(rt.clock.to_trio(session.expires_at))
+        rt._sup.stop_background()  # no expiry task from here on
+        await trio.sleep_until(rt.deadline(session))
         with pytest.raises(SessionInactive):
             await rt.update_last_activity(session.id)
         assert (await rt.get(session.id)).end_reason == "expired"
@@ -210,12 +210,12 @@ async def test_overdue_call_expires_before_the_expiry_task_runs(autojump_clock: 
 
 async def test_cleanup_old_sessions_counts_what_it_expired(autojump_clock: MockClock) -> None:
     async with open_runtime(config(max_resident=3), store=MemoryStore()) as rt:
-        rt._background.cancel()  # cleanup alone decides
+        rt._sup.stop_background()  # cleanup alone decides
         due = [await rt.create(f"u{i}", "geral", timeout=10.0) for i in range(6)]
         for session in due[:2]:
             await rt.update_last_activity(session.id)  # resident ones too
         fresh = await rt.create("u9", "geral", timeout=100.0)
-        await trio.sleep_until(rt.clock.to_trio(due[-1].expires_at))
+        await trio.sleep_until(rt.deadline(due[-1]))
         assert await rt.cleanup_old_sessions() == 6
         assert await rt.cleanup_old_sessions() == 0
         for session in due:
@@ -242,7 +242,7 @@ async def test_restart_expires_what_fell_due_while_nothing_ran(autojump_clock: M
             event = await events.receive()
         assert (event.kind, event.session.id) == ("expired", long.id)
         # The deadline survives the restart exactly.
-        assert trio.current_time() == rt.clock.to_trio(long.expires_at)
+        assert trio.current_time() == rt.deadline(long)
         assert trio.current_time() - start == pytest.approx(1000.0 - 20.0, abs=1e-5)
 
 
@@ -272,7 +272,7 @@ async def test_expiry_survives_a_store_outage(autojump_clock: MockClock) -> None
         # The store is down from t=50 to t=70.
         # The expiry task tried at t=60 and could not read the session; it retries
         # every retry_max_delay, and cleanup tries at once.
-        await trio.sleep_until(rt.clock.to_trio(session.expires_at) + 1.0)
+        await trio.sleep_until(rt.deadline(session) + 1.0)
         with pytest.raises(StoreUnavailable):  # due, but it cannot be read to expire it
             await rt.cleanup_old_sessions()
         assert rt.metrics().live_sessions == 2  # not forgotten
@@ -309,7 +309,7 @@ async def test_sessions_without_actors_expire_in_one_read(autojump_clock: MockCl
             await rt.get(session.id)  # the five residents
         store.loads = 0
         passivations = rt.metrics().passivations
-        await trio.sleep_until(rt.clock.to_trio(sessions[-1].expires_at) + 1.0)
+        await trio.sleep_until(rt.deadline(sessions[-1]) + 1.0)
         assert rt.metrics().expired == 50
         assert store.loads == 0 and store.batches == 1  # 45 sessions, one query
         assert rt.metrics().passivations == passivations  # no live actor was evicted for it
@@ -335,7 +335,7 @@ async def test_sessions_falling_due_during_a_read_wait_for_one_next_read(autojum
         # 40 sessions without actors, falling due 0.1 s apart: 4 s in all.
         sessions = [await rt.create(f"u{i}", "geral", timeout=10.0 + i / 10) for i in range(40)]
         await rt.flush()
-        await trio.sleep_until(rt.clock.to_trio(sessions[-1].expires_at) + 2.0)
+        await trio.sleep_until(rt.deadline(sessions[-1]) + 2.0)
         assert rt.metrics().expired == 40
         # One read at a time: what fell due during a read goes in the next one,
         # so about one read per second of deadlines, not one per session.
@@ -343,3 +343,44 @@ async def test_sessions_falling_due_during_a_read_wait_for_one_next_read(autojum
         assert len(store.batches) <= 6, store.batches
         for session in sessions:
             assert (await rt.get(session.id)).ended_at == session.expires_at
+
+
+async def test_expiry_never_waits_on_one_busy_session(autojump_clock: MockClock) -> None:
+    """A due session whose mailbox is full (its load is slow) must not hold up the others."""
+
+    class SlowLoads(MemoryStore):
+        def __init__(self) -> None:
+            super().__init__()
+            self.slow: set[uuid.UUID] = set()
+
+        async def load(self, session_id: uuid.UUID, *, messages: int):  # type: ignore[no-untyped-def]
+            if session_id in self.slow:
+                await trio.sleep(100.0)
+            return await super().load(session_id, messages=messages)
+
+    store = SlowLoads()
+    async with open_runtime(config(), store=store) as rt:
+        busy = await rt.create("u1", "geral", timeout=10.0)
+        other = await rt.create("u2", "geral", timeout=20.0)
+    store.slow.add(busy.id)
+    async with open_runtime(config(shutdown_timeout=200.0), store=store) as rt:  # `busy` must load
+        assert rt.config.mailbox_size == 64
+        expired_at = {}
+
+        async def watch() -> None:
+            async with rt.subscribe() as events:
+                async for event in events:
+                    if event.kind == "expired":
+                        expired_at[event.session.id] = trio.current_time()
+
+        async def touch() -> None:
+            with pytest.raises(SessionInactive):  # applied after the load, past its deadline
+                await rt.update_last_activity(busy.id)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch)
+            for _ in range(66):  # one loading, 64 queued, one waiting for room
+                nursery.start_soon(touch)
+            await trio.sleep_until(rt.deadline(other) + 1.0)
+            assert expired_at.get(other.id) == rt.deadline(other)
+            nursery.cancel_scope.cancel()

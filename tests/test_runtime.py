@@ -218,14 +218,14 @@ async def test_lifecycle_survives_a_restart(store_factory: StoreFactory) -> None
         await rt.add_note(session.id, "n1")
         last = await rt.update(session.id, state="awaiting_payment")
         ended = await rt.end((await rt.create("u", "max")).id)
-        deadline = rt.deadlines.deadline(session.id)
+        deadline = rt._sup.deadlines.deadline(session.id)
     async with open_runtime(CONFIG, store=store_factory()) as rt:
         assert await rt.get(session.id) == last
         assert await rt.get(ended.id) == ended
         assert [(m.seq, m.role, m.content) for m in await rt.context(session.id)] == [
             (1, "user", "olá"), (2, "assistant", "oi")]
-        assert rt.deadlines.deadline(session.id) == pytest.approx(deadline, abs=1e-5)
-        assert ended.id not in rt.deadlines
+        assert rt._sup.deadlines.deadline(session.id) == pytest.approx(deadline, abs=1e-5)
+        assert ended.id not in rt._sup.deadlines
         again = await rt.append_message(session.id, "user", "voltei")
         assert (again.version, again.message_count) == (last.version + 1, 3)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import pytest
@@ -154,7 +155,7 @@ async def test_batches_are_written_concurrently_but_never_share_a_session(
         await trio.testing.wait_all_tasks_blocked()
         assert len(store.held) == 1
         # Reads see the newest row of a session that is in two batches at once.
-        assert rt.writebehind.lookup(first[0].id) == (touched[0], False, [])
+        assert rt._sup.writebehind.lookup(first[0].id) == (touched[0], False, [])
         flushed = trio.Event()
 
         async def flush() -> None:
@@ -207,9 +208,13 @@ async def test_a_refused_row_makes_the_next_batch_write_the_session_whole(
             # touched row it would move the stored version past the refused change.
             (batch, release) = store.held[2]
             assert [s.id for s in batch.sessions] == [stored.id] and batch.touched == ()
+            store.holding = False
             release.set()
         assert rt.metrics().rejected_rows == 2
-    assert (await store.load(stored.id, messages=0))[0] == stored  # type: ignore[index]
+        # The runtime answers with what is stored again, numbered above the refused versions.
+        assert await rt.get(stored.id) == dataclasses.replace(stored, version=4)
+    assert (await store.load(stored.id, messages=0))[0] == dataclasses.replace(  # type: ignore[index]
+        stored, version=4)
 
 
 async def test_one_batch_at_a_time_when_flush_concurrency_is_1(autojump_clock: MockClock) -> None:
@@ -325,16 +330,15 @@ async def test_a_row_the_database_refuses_is_isolated(postgres_url: str) -> None
             await rt.create("u", "geral", title="poison", durable=True)
         later = await rt.create("u", "geral", title="fine", durable=True)  # still flowing
         assert rt.metrics().rejected_rows == 2
-        # A session whose row was refused is written whole next time, even if
-        # only activity changed since: a touched row would move the stored
-        # row's version past a change it never got. The database refuses the
-        # whole row again, as it must.
+        # After a refusal the session reads as stored again, numbered above the
+        # refused version, and activity goes on from there (written whole: the
+        # stored row lacks the renumbering, not only activity).
         turned = await rt.create("u", "geral", title="fine", durable=True)
         with pytest.raises(WriteRejected):
             await rt.update(turned.id, title="poison", durable=True)
-        with pytest.raises(WriteRejected):
-            await rt.update_last_activity(turned.id, durable=True)
-        assert rt.metrics().rejected_rows == 4
+        touched = await rt.update_last_activity(turned.id, durable=True)
+        assert (touched.title, touched.version) == ("fine", 4)
+        assert rt.metrics().rejected_rows == 3
         with pytest.raises(SessionNotFound):  # refused for good: it exists nowhere
             await rt.get(bad.id)
     async with open_runtime(config, store=PostgresStore(postgres_url)) as rt:
@@ -342,7 +346,7 @@ async def test_a_row_the_database_refuses_is_isolated(postgres_url: str) -> None
     assert bad.id not in stored
     assert [stored[s.id] for s in good[1:9]] == good[1:9]
     assert stored[good[0].id] == good[-1] and stored[later.id] == later
-    assert stored[turned.id] == turned  # as last accepted, not half touched
+    assert stored[turned.id] == touched  # the stored row, renumbered and touched
 
 
 async def test_call_timeout_turns_a_stuck_call_into_overloaded(autojump_clock: MockClock) -> None:

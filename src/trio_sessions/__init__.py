@@ -21,10 +21,10 @@ from ._model import Session as Session
 from ._model import SessionEvent as SessionEvent
 from ._postgres import PostgresStore as PostgresStore
 from ._runtime import SessionRuntime as SessionRuntime
-from ._runtime import Subscription as Subscription
 from ._runtime import open_runtime as open_runtime
 from ._store import MemoryStore as MemoryStore
 from ._store import Store as Store
+from ._subscriptions import Subscription as Subscription
 
 # A library never decides where its logs go: the application enables them.
 _logger.disable("trio_sessions")

@@ -39,7 +39,8 @@ from ._errors import InvalidArgument, SessionInactive, VersionConflict
 from ._metrics import MetricsSnapshot
 from ._model import Message, Session, SessionEvent
 from ._postgres import PostgresStore, apply_migrations_to
-from ._runtime import SessionRuntime, Subscription, open_runtime
+from ._runtime import SessionRuntime, open_runtime
+from ._subscriptions import Subscription
 
 AGENTS: Final = ("financeiro", "max", "geral")
 

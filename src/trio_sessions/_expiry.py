@@ -1,171 +1,236 @@
-"""`DeadlineQueue`: the supervisor's deadline-ordered view of every live session.
+"""`ExpiryEngine`: expires idle sessions on time, resident or not.
 
-One structure covers every live session the runtime knows, resident or not:
-a sorted list keyed by `(deadline, tie, id)` plus dicts from id to key and to
-deadline. Activity does not re-key the list. `touch` only records the new,
-later deadline; when the old key comes due, `pop_due` sees the newer deadline
-and re-inserts the session once. So a session touched a thousand times in
-one timeout period costs one re-key, not a thousand.
-
-Sessions are held by `UUID.int`, never by `UUID` object: a key is then a
-tuple of a float and two ints, and every value a float, so a queued session
-costs the garbage collector nothing (CPython untracks containers of atoms).
-With a million live sessions that is millions fewer objects for each full
-collection to walk (benchmarks/s4, s5).
+It sleeps on the `DeadlineQueue` until the earliest deadline, then expires
+what is due. A resident session's actor expires it (`Expire`, applied at
+once when the actor is idle, else queued past its mailbox's bound: the
+engine never waits for one session). A session without an actor is read
+from the store in bulk by a second task and expired there, without starting
+an actor: at 10,000 expiries a second an actor per session would cost a task,
+a store round trip and the eviction of a live actor (benchmarks/s5). While it
+is being expired such a session is *held*: an actor started for it meanwhile
+waits for the hold to be released before it loads.
 """
 
 from __future__ import annotations
 
-import itertools
-import math
-from collections.abc import Iterable
+from collections.abc import Mapping
+from itertools import islice
+from typing import TYPE_CHECKING, Any, Protocol
 from uuid import UUID
 
 import trio
-from sortedcontainers import SortedList
 
-# (deadline, tie, id.int). The tie is a counter, so equal deadlines keep insertion
-# order and ids are never compared (test_expiry.py::test_ties_keep_insertion_order).
-_Key = tuple[float, int, int]
+from . import _transitions as transitions
+from ._commands import Command, Expire, Reply
+from ._errors import SessionNotFound, StoreUnavailable
+from ._model import EventKind, Session
+
+if TYPE_CHECKING:
+    from ._actor import SessionActor
+    from ._clock import Clock
+    from ._config import RuntimeConfig
+    from ._deadlines import DeadlineQueue
+    from ._metrics import Counters
+    from ._readthrough import ReadThrough
+    from ._writebehind import WriteBehind
 
 
-class DeadlineQueue:
-    """Deadlines (Trio times) of live sessions, earliest first, with lazy re-keying."""
+class Hold:
+    """Stands in for an actor while the engine expires a session that has none."""
 
-    __slots__ = ("_deadlines", "_deferred", "_keys", "_order", "_sleeper", "_tie")
+    __slots__ = ("stopped",)
 
     def __init__(self) -> None:
-        self._order: SortedList[_Key] = SortedList()
-        self._keys: dict[int, _Key] = {}  # where each session sits in the sorted list
-        self._deadlines: dict[int, float] = {}  # its real deadline, never earlier than its key's
-        # Due sessions whose expiry failed and wait for a retry (a dict: ordered).
-        self._deferred: dict[int, None] = {}
-        self._tie = itertools.count()
-        self._sleeper: trio.CancelScope | None = None
+        self.stopped: trio.Event | None = trio.Event()
 
-    def __len__(self) -> int:
-        return len(self._keys)
+    def release(self) -> None:
+        assert self.stopped is not None
+        self.stopped.set()
 
-    def __contains__(self, session_id: object) -> bool:
-        return isinstance(session_id, UUID) and session_id.int in self._keys
 
-    def deadline(self, session_id: UUID) -> float | None:
-        """The session's current deadline, or None if it is not queued."""
-        return self._deadlines.get(session_id.int)
+class ExpiryHost(Protocol):
+    """What the engine needs from the supervisor: its registry and its shared parts."""
 
-    def earliest(self) -> float | None:
-        """The earliest key in the queue (a lazily re-keyed entry may be due later)."""
-        return self._order[0][0] if self._order else None
+    clock: Clock
+    config: RuntimeConfig
+    counters: Counters
+    deadlines: DeadlineQueue
+    writebehind: WriteBehind
+    reads: ReadThrough
 
-    def push(self, session_id: UUID, deadline: float) -> None:
-        """Queue a session at `deadline`, replacing any earlier entry for it."""
-        self._insert(session_id.int, deadline, deadline)
-        self._wake_for(deadline)
+    def publish(self, kind: EventKind, session: Session) -> None: ...
+    def resident(self, session_id: UUID) -> SessionActor | None: ...
+    def has_actor(self, session_id: UUID) -> bool: ...
+    def hold(self, session_id: UUID, hold: Hold) -> None: ...
+    def unhold(self, session_id: UUID, hold: Hold) -> None: ...
+    def send_nowait(self, session_id: UUID, command: Command[Any], reply: Reply[Any]) -> None: ...
 
-    def defer(self, session_id: UUID, deadline: float, until: float) -> None:
-        """Queue a session that is due (`deadline`) but whose expiry must wait until `until`.
 
-        For an expiry that failed (the store could not be read): the expiry
-        task retries it at `until`; `pop_deferred` hands it out sooner.
+class _Untracked(Reply[bool]):
+    """The answer to the engine's own Expire: nobody waits; the id leaves `expiring`."""
+
+    __slots__ = ("_expiring", "_session_id")
+
+    def __init__(self, expiring: dict[UUID, float], session_id: UUID) -> None:
+        super().__init__()
+        self._expiring = expiring
+        self._session_id = session_id
+
+    def settle(self, value: bool | None, error: BaseException | None = None) -> None:
+        self._expiring.pop(self._session_id, None)
+
+
+class ExpiryEngine:
+    """The expiry task (`run`) and `cleanup` (for `cleanup_old_sessions`)."""
+
+    def __init__(self, host: ExpiryHost) -> None:
+        self._host = host
+        # Sent to an actor or held, not yet done: cleanup() waits for these too.
+        self._expiring: dict[UUID, float] = {}
+        # Due sessions without an actor, held, waiting for the next store read.
+        self._held: dict[UUID, tuple[Hold, float]] = {}
+        self._held_ready = trio.Event()
+        #: Set by `open_runtime` as it hands the runtime over: nothing expires before,
+        #: so a subscription made first thing in the block sees the start-up expiries.
+        self.released = trio.Event()
+
+    async def load(self) -> None:
+        """Queue every live session of the store (those already due expire at once)."""
+        host = self._host
+        live = await host.reads.live_deadlines()  # by deadline: the bulk sort is cheap
+        to_trio = host.clock.timestamp_to_trio
+        host.deadlines.extend((session_id, to_trio(expires_at)) for session_id, expires_at in live)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Expire sessions as they fall due, until cancelled."""
+        host = self._host
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self._expire_held_forever)
+            task_status.started()
+            await self.released.wait()
+            while True:
+                due = await host.deadlines.wait_due()
+                resident, held = self._split_resident(due)
+                for session_id, deadline in resident:
+                    actor = host.resident(session_id)
+                    if actor is not None and actor.idle() and host.writebehind.has_room():
+                        # Nothing queued for it: expire it here, as a caller's
+                        # fast path would (no mailbox, no task switch, no reply).
+                        actor.apply(Expire(deadline), host.clock.now())
+                        continue
+                    # Not awaited (one slow session must not hold up the rest), but
+                    # tracked until the actor has answered, for cleanup().
+                    self._expiring[session_id] = deadline
+                    host.send_nowait(session_id, Expire(deadline), _Untracked(self._expiring, session_id))
+                if held:
+                    self._held.update(held)
+                    self._held_ready.set()
+
+    async def cleanup(self) -> int:
+        """Expire every session due now, including those being expired; how many this call expired.
+
+        Raises:
+            StoreUnavailable: some due sessions could not be read; they stay due.
         """
-        ident = session_id.int
-        self._insert(ident, until, deadline)
-        self._deferred[ident] = None
-        self._wake_for(until)
+        host = self._host
+        await trio.lowlevel.checkpoint()
+        due = [*host.deadlines.pop_deferred(), *host.deadlines.pop_due(trio.current_time())]
+        # Those the task is expiring right now too: this call's command queues
+        # behind the task's (or its actor waits for the task's hold), so it
+        # returns only once they are done.
+        in_flight = list(self._expiring.items())
+        resident, held = self._split_resident(due)
+        replies = []
+        for session_id, deadline in [*resident, *in_flight]:
+            reply = Reply[bool]()
+            host.send_nowait(session_id, Expire(deadline), reply)
+            replies.append(reply)
+        expired, failed = await self._expire_without_actors(held) if held else (0, 0)
+        for reply in replies:
+            try:
+                expired += await reply.wait()
+            except SessionNotFound:
+                pass
+            except StoreUnavailable:
+                failed += 1
+        if failed:
+            raise StoreUnavailable(f"{failed} due sessions could not be read to expire them "
+                                   f"({expired} expired); they will be retried")
+        return expired
 
-    def pop_deferred(self) -> list[tuple[UUID, float]]:
-        """Remove and return every deferred session, with its deadline."""
-        popped = []
-        for ident in list(self._deferred):
-            popped.append((UUID(int=ident), self._deadlines[ident]))
-            self._discard(ident)
-        return popped
+    async def _expire_held_forever(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+                                   ) -> None:
+        """Expire the held sessions, one store read at a time.
 
-    def extend(self, deadlines: Iterable[tuple[UUID, float]]) -> None:
-        """Queue many sessions at once (a bulk sort: how a runtime starts on a full store)."""
-        keys = []
-        tie = self._tie
-        known = self._keys
-        for session_id, deadline in deadlines:
-            ident = session_id.int
-            if ident in known:
-                self.push(session_id, deadline)
-                continue
-            key = (deadline, next(tie), ident)
-            keys.append(key)
-            known[ident] = key
-            self._deadlines[ident] = deadline
-        self._order.update(keys)
-        if keys:
-            self._wake_for(min(keys)[0])
-
-    def touch(self, session_id: UUID, deadline: float) -> None:
-        """Move a session's deadline; later ones are re-keyed lazily, earlier ones at once."""
-        ident = session_id.int
-        key = self._keys.get(ident)
-        if key is None or deadline < key[0]:
-            self.push(session_id, deadline)
-        else:
-            self._deadlines[ident] = deadline
-
-    def discard(self, session_id: UUID) -> None:
-        """Forget a session (ended, expired or deleted); unknown ids are ignored."""
-        self._discard(session_id.int)
-
-    def pop_due(self, now: float) -> list[tuple[UUID, float]]:
-        """Remove and return `(id, deadline)` of the sessions due at `now`.
-
-        An entry whose session was touched since it was keyed goes back into
-        the list at its newer deadline instead.
+        Sessions falling due while a read is in flight wait for the next, so
+        at 10,000 expiries a second the reads stay few and large instead of
+        crowding the pool with one small read per due batch (benchmarks/s5).
         """
-        due: list[tuple[UUID, float]] = []
-        order = self._order
-        keys = self._keys
-        deadlines = self._deadlines
-        while order and order[0][0] <= now:
-            ident = order.pop(0)[2]
-            deadline = deadlines[ident]
-            if deadline > now:
-                key = keys[ident] = (deadline, next(self._tie), ident)
-                order.add(key)
+        task_status.started()
+        try:
+            while True:
+                while not self._held:
+                    self._held_ready = trio.Event()
+                    await self._held_ready.wait()
+                batch = dict(islice(self._held.items(), self._host.config.flush_batch))
+                for session_id in batch:
+                    del self._held[session_id]
+                await self._expire_without_actors(batch)
+        finally:
+            self._release(self._held)
+            self._held.clear()
+
+    def _split_resident(self, due: list[tuple[UUID, float]]) -> tuple[
+            list[tuple[UUID, float]], dict[UUID, tuple[Hold, float]]]:
+        """Due sessions with an actor (or one stopping), and holds on all the others."""
+        host = self._host
+        resident = []
+        held = {}
+        for session_id, deadline in due:
+            if host.has_actor(session_id):
+                resident.append((session_id, deadline))
             else:
-                del keys[ident], deadlines[ident]
-                self._deferred.pop(ident, None)
-                due.append((UUID(int=ident), deadline))
-        return due
+                hold = Hold()
+                host.hold(session_id, hold)  # an actor started meanwhile waits for it
+                self._expiring[session_id] = deadline
+                held[session_id] = (hold, deadline)
+        return resident, held
 
-    async def wait_due(self) -> list[tuple[UUID, float]]:
-        """Sleep until at least one session is due, then pop and return the due ones.
+    async def _expire_without_actors(self, held: dict[UUID, tuple[Hold, float]]) -> tuple[int, int]:
+        """Expire held sessions, reading them all in one store query: (expired, could not be read).
 
-        A `push` or `touch` that brings the earliest deadline forward wakes the
-        sleeper early. Cancellation leaves the queue unchanged.
+        Those that could not be read are deferred and retried.
         """
-        while True:
-            earliest = self.earliest()
-            with trio.CancelScope(deadline=math.inf if earliest is None else earliest) as scope:
-                self._sleeper = scope
-                try:
-                    await trio.sleep_forever()
-                finally:
-                    self._sleeper = None
-            due = self.pop_due(trio.current_time())
-            if due:
-                return due
+        host = self._host
+        expired_count = failed = 0
+        try:
+            rows, unreadable = await host.reads.sessions(list(held))
+            if unreadable:
+                until = host.clock.now() + host.config.retry_max_delay
+                for session_id in unreadable:
+                    host.deadlines.defer(session_id, held[session_id][1], until)
+                failed = len(unreadable)
+            await host.writebehind.wait_for_room()
+            now = host.clock.now()
+            for session_id, row in rows.items():
+                if not row.is_active:
+                    continue
+                deadline = host.clock.to_trio(row.expires_at)
+                if deadline > now:  # written by another process since: not due after all
+                    host.deadlines.touch(session_id, deadline)
+                    continue
+                session = transitions.expired(row)
+                host.writebehind.record(session)
+                host.counters.expired += 1
+                host.publish("expired", session)
+                expired_count += 1
+        finally:
+            self._release(held)
+        return expired_count, failed
 
-    def _insert(self, ident: int, at: float, deadline: float) -> None:
-        self._discard(ident)
-        key = self._keys[ident] = (at, next(self._tie), ident)
-        self._deadlines[ident] = deadline
-        self._order.add(key)
-
-    def _discard(self, ident: int) -> None:
-        key = self._keys.pop(ident, None)
-        if key is not None:
-            del self._deadlines[ident]
-            self._order.remove(key)
-            self._deferred.pop(ident, None)
-
-    def _wake_for(self, deadline: float) -> None:
-        sleeper = self._sleeper
-        if sleeper is not None and deadline < sleeper.deadline:
-            sleeper.deadline = deadline
+    def _release(self, held: Mapping[UUID, tuple[Hold, float]]) -> None:
+        """Let actors started for these sessions go on; they are no longer being expired."""
+        host = self._host
+        for session_id, (hold, _) in held.items():
+            host.unhold(session_id, hold)
+            self._expiring.pop(session_id, None)

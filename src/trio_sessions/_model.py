@@ -17,7 +17,9 @@ from uuid import UUID
 from ._errors import InvalidArgument
 
 ROLES: Final = frozenset({"user", "assistant", "system", "tool"})
-EVENT_KINDS: Final = frozenset({"created", "updated", "expired", "ended", "deleted"})
+#: What a `SessionEvent` reports: "rejected" is a change the database refused for good
+#: (the session then reads as stored again, under a new version: an "updated" event).
+EventKind = Literal["created", "updated", "expired", "ended", "deleted", "rejected"]
 
 MAX_ID_CHARS: Final = 200
 MAX_NAME_CHARS: Final = 100
@@ -144,9 +146,12 @@ class Page:
 
 @dataclass(frozen=True, slots=True)
 class SessionEvent:
-    """A change published to subscribers: `kind` is one of `EVENT_KINDS`."""
+    """A change published to subscribers, with the session's snapshot after it.
 
-    kind: Literal["created", "updated", "expired", "ended", "deleted"]
+    For "rejected", `session` is the snapshot the database refused.
+    """
+
+    kind: EventKind
     session: Session
 
 

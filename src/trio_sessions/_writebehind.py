@@ -23,8 +23,7 @@ still buffered or in flight has a ticket above T". That is what `flush` waits fo
 
 from __future__ import annotations
 
-import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from itertools import islice
 from uuid import UUID
 
@@ -32,10 +31,14 @@ import trio
 from loguru import logger
 
 from ._config import RuntimeConfig
-from ._errors import StoreUnavailable, WriteRejected
+from ._errors import WriteRejected
 from ._metrics import Counters
 from ._model import Message, Session
+from ._retry import Retry
 from ._store import Store, WriteBatch
+
+#: Told when the database refuses a session's row for good: (session id, the refused row).
+RefusalHandler = Callable[[UUID, Session | None], None]
 
 
 class DurableWaiter:
@@ -61,8 +64,8 @@ class DurableWaiter:
 class _Entry:
     """One session's buffered changes: its newest row, or a deletion, and new messages."""
 
-    __slots__ = ("deleted", "full", "messages", "row", "session_id", "settled", "since", "ticket",
-                 "waiters")
+    __slots__ = ("deleted", "full", "messages", "refused", "row", "session_id", "settled", "since",
+                 "ticket", "waiters")
 
     def __init__(self, session_id: UUID, ticket: int, since: float) -> None:
         self.reset(session_id, ticket, since)
@@ -82,6 +85,7 @@ class _Entry:
         self.since = since
         self.waiters: list[DurableWaiter] | None = None
         self.settled = False  # written or refused; its waiters have been told
+        self.refused = False  # the database refused it: what it holds was never stored
 
     def size(self) -> int:
         return 1 + len(self.messages) if self.messages else 1
@@ -98,23 +102,31 @@ class _Batch:
 
 
 class WriteBehind:
-    """The buffer and its flusher. Only the runtime's own tasks call it."""
+    """The buffer and its flusher.
 
-    def __init__(self, store: Store, config: RuntimeConfig, counters: Counters,
-                 rng: random.Random) -> None:
+    Actors record into it from whichever task applies their commands (their
+    own, or a caller's on the fast path); it is never awaited while a
+    session's state is half changed, since `record` does not checkpoint.
+    """
+
+    def __init__(self, store: Store, config: RuntimeConfig, counters: Counters, retry: Retry) -> None:
         self._store = store
         self._config = config
         self._counters = counters
-        self._rng = rng
+        self._retry = retry
+        #: Called for each row the database refuses (the supervisor reconciles the session).
+        self.on_refused: RefusalHandler | None = None
         self._pending: dict[UUID, _Entry] = {}
         # Flushed entries, kept for reuse. An entry lives as long as its flush
         # takes, long enough for Python's cyclic GC to move it to the oldest
         # generation; new ones at 10,000 rows a second trigger full
         # collections of the whole heap (benchmarks/s5). Reused ones do not.
         self._spare: list[_Entry] = []
-        # Sessions whose row the store refused: their next write must be whole,
-        # since the stored row may lack more than activity.
-        self._refused: set[UUID] = set()
+        # Sessions whose row the store refused, with the highest version refused:
+        # their next write must be whole, since the stored row may lack more
+        # than activity, and a session reloaded from the store must be numbered
+        # above that version (see `refused_version`).
+        self._refused: dict[UUID, int] = {}
         # The batches being written (or waiting to), oldest first.
         self._inflight: list[_Batch] = []
         self._size = 0  # buffered writes, pending and in flight: rows, deletes and messages
@@ -204,15 +216,21 @@ class WriteBehind:
         """
         entries = [entry for entry in (*(batch.entries.get(session_id) for batch in self._inflight),
                                        self._pending.get(session_id)) if entry is not None]
-        if entries and entries[-1].deleted:  # nothing follows a deletion
+        if entries and entries[-1].deleted and not entries[-1].refused:  # nothing follows a deletion
             return None, True, []
         messages: list[Message] = []
         row = None
         for entry in entries:  # oldest first
+            if entry.refused:  # never stored: the store (or a later entry) has the truth
+                continue
             row = entry.row
             if entry.messages:
                 messages.extend(entry.messages)
         return row, False, messages
+
+    def refused_version(self, session_id: UUID) -> int:
+        """The highest version of the session the database refused since it last took one (or 0)."""
+        return self._refused.get(session_id, 0) if self._refused else 0
 
     def _in_flight(self, session_id: UUID) -> _Entry | None:
         """The session's newest entry in flight, if any."""
@@ -326,7 +344,7 @@ class WriteBehind:
         (`whole`) or part.
         """
         try:
-            await self._write_retrying(batch)
+            await self._retry.write(self._store.write, batch)
         except WriteRejected as exc:
             ids = batch.session_ids()
             if len(ids) == 1:
@@ -340,7 +358,8 @@ class WriteBehind:
         self._counters.flushed_sessions += len(batch.sessions) + len(batch.touched) + len(batch.deletes)
         self._counters.flushed_messages += len(batch.messages)
         if self._refused:
-            self._refused.difference_update(batch.session_ids())
+            for session_id in batch.session_ids():
+                self._refused.pop(session_id, None)
         # In buffer or batch order (not a set's hash order): the order waiters
         # wake in is part of the interleaving, and a test must be able to replay it.
         entries = inflight.values() if whole else [inflight[i] for i in batch.session_ids()]
@@ -349,35 +368,24 @@ class WriteBehind:
             for waiter in entry.waiters or ():
                 waiter.settle(None)
 
-    async def _write_retrying(self, batch: WriteBatch) -> None:
-        """Write, retrying `StoreUnavailable` with exponential backoff and full jitter."""
-        delay = self._config.retry_initial_delay
-        failures = 0
-        while True:
-            try:
-                await self._store.write(batch)
-                return
-            except StoreUnavailable as exc:
-                failures += 1
-                self._counters.store_errors += 1
-                self._counters.retries += 1
-                if failures == self._config.alert_flush_failures:
-                    logger.warning("flush failed {} times in a row, still retrying: {}", failures, exc)
-                await trio.sleep(self._rng.uniform(delay / 2, delay))
-                delay = min(delay * 2, self._config.retry_max_delay)
-
     def _reject(self, entry: _Entry, batch: WriteBatch, exc: WriteRejected) -> None:
         session_id = entry.session_id
         self._counters.rejected_rows += len(batch)
         logger.error("the database refused session {} ({} rows), dropped: {}", session_id, len(batch), exc)
-        self._refused.add(session_id)
+        if entry.row is not None:
+            self._refused[session_id] = max(self._refused.get(session_id, 0), entry.row.version)
+        else:
+            self._refused.setdefault(session_id, 0)
         for later in (*(batch.entries.get(session_id) for batch in self._inflight),
                       self._pending.get(session_id)):
             if later is not None:
                 later.full = True
+        entry.refused = True
         entry.settled = True
         for waiter in entry.waiters or ():
             waiter.settle(exc)
+        if self.on_refused is not None:
+            self.on_refused(session_id, entry.row)
 
 
 def _batch_of(entries: Iterable[_Entry]) -> WriteBatch:

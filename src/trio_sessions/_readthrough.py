@@ -1,0 +1,108 @@
+"""`ReadThrough`: every read of the store, through the write-behind buffer.
+
+A change is acknowledged before it is committed, so the store alone can be
+behind: whoever reads a session reads the buffer first (rows and messages
+still pending or in flight), then the store for the rest. Reads that fail
+for a transient reason are retried (`Retry.read`). Nothing above this module
+calls the store directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from uuid import UUID
+
+from . import _transitions as transitions
+from ._errors import StoreUnavailable
+from ._model import Message, Session
+from ._retry import Retry
+from ._store import ListQuery, Store
+from ._writebehind import WriteBehind
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """A session as read: its row, its newest messages (oldest first), and whether the row is new.
+
+    `reverted`: the database had refused the session's latest rows, so `row`
+    is the stored one renumbered above them (`transitions.reverted`); the
+    caller owns the session and must record it.
+    """
+
+    row: Session
+    messages: Sequence[Message]
+    reverted: bool = False
+
+
+class ReadThrough:
+    """Reads sessions as acknowledged: the write-behind buffer first, then the store."""
+
+    __slots__ = ("_retry", "_store", "_writebehind")
+
+    def __init__(self, store: Store, writebehind: WriteBehind, retry: Retry) -> None:
+        self._store = store
+        self._writebehind = writebehind
+        self._retry = retry
+
+    async def session(self, session_id: UUID, *, messages: int) -> Loaded | None:
+        """The session with its newest `messages` messages; None if it does not exist (or was deleted).
+
+        Raises:
+            StoreUnavailable: the store could not be read in `read_attempts` tries.
+        """
+        row, deleted, buffered = self._writebehind.lookup(session_id)
+        if deleted:
+            return None
+        if row is None:
+            loaded = await self._retry.read(self._store.load, session_id, messages=messages)
+            if loaded is None:
+                return None
+            row, stored = loaded
+            refused = self._writebehind.refused_version(session_id)
+            if refused >= row.version:
+                return Loaded(transitions.reverted(row, refused), stored, reverted=True)
+            return Loaded(row, stored)
+        need = min(messages, row.message_count)
+        if len(buffered) >= need:
+            return Loaded(row, buffered[len(buffered) - need:] if need else ())
+        # Part of the window is stored, part buffered: the stored ones come first.
+        up_to_seq = buffered[0].seq - 1 if buffered else row.message_count
+        older = await self._retry.read(self._store.load_messages, session_id,
+                                       limit=need - len(buffered), up_to_seq=up_to_seq)
+        return Loaded(row, [*older, *buffered])
+
+    async def sessions(self, session_ids: Sequence[UUID]) -> tuple[dict[UUID, Session], list[UUID]]:
+        """The rows (no messages) of those of `session_ids` that exist, in one store query.
+
+        Returns the rows found, and the ids that could not be read because the
+        store stayed unavailable for `read_attempts` tries (what the buffer
+        holds is returned all the same). A row the database refused comes
+        back renumbered, as in `session`, for the caller to build its change on.
+        """
+        rows: dict[UUID, Session] = {}
+        to_load = []
+        for session_id in session_ids:
+            row, deleted, _ = self._writebehind.lookup(session_id)
+            if row is not None:
+                rows[session_id] = row
+            elif not deleted:
+                to_load.append(session_id)
+        if to_load:
+            try:
+                stored = await self._retry.read(self._store.load_sessions, to_load)
+            except StoreUnavailable:
+                return rows, to_load
+            for session_id, row in stored.items():
+                refused = self._writebehind.refused_version(session_id)
+                rows[session_id] = transitions.reverted(row, refused) if refused >= row.version else row
+        return rows, []
+
+    async def live_deadlines(self) -> list[tuple[UUID, float]]:
+        """`(id, expires_at timestamp)` of every stored active session, by deadline (at start)."""
+        return await self._retry.read(self._store.live_deadlines)
+
+    async def list(self, query: ListQuery) -> list[Session]:
+        """A page of stored sessions, after everything acknowledged so far is committed."""
+        await self._writebehind.flush()
+        return await self._retry.read(self._store.list, query)

@@ -1,0 +1,320 @@
+"""`Supervisor`: the registry of actors, routing, passivation, and the runtime's tasks.
+
+The supervisor owns one nursery. In it run the write-behind flusher, the
+expiry engine, the idle sweeper, and the task of each actor that has work
+queued. The registry maps a session id to its resident actor in
+least-recently-used order; at most `max_resident` actors are registered, and
+an actor not called for `passivate_after` seconds is stopped. Stopping an
+actor ("retiring" it) closes its mailbox: a busy actor finishes the commands
+already queued, and a new actor for the same session waits for it (or for
+the expiry engine's hold) before it loads.
+
+The public `SessionRuntime` holds one of these and calls nothing else.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import uuid
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any, TypeVar
+from uuid import UUID
+
+import trio
+
+from . import _transitions as transitions
+from ._actor import Predecessor, SessionActor
+from ._clock import Clock
+from ._commands import Command, Read, Reply
+from ._config import RuntimeConfig
+from ._deadlines import DeadlineQueue
+from ._errors import Overloaded, RuntimeClosed, StoreUnavailable
+from ._expiry import ExpiryEngine, Hold
+from ._metrics import Counters, MetricsSnapshot
+from ._model import EventKind, Session
+from ._readthrough import ReadThrough
+from ._retry import Retry
+from ._store import Store
+from ._subscriptions import EventHub
+from ._writebehind import WriteBehind
+
+T = TypeVar("T")
+
+
+class Supervisor:
+    """Runs the actors of one runtime and the tasks that serve them all."""
+
+    def __init__(self, store: Store, config: RuntimeConfig) -> None:
+        self.config = config
+        self.counters = Counters()
+        self.clock = Clock()
+        self.deadlines = DeadlineQueue()
+        self.retry = Retry(config, self.counters, random.Random(random.getrandbits(64)))
+        self.writebehind = WriteBehind(store, config, self.counters, self.retry)
+        self.writebehind.on_refused = self._reconcile
+        self.reads = ReadThrough(store, self.writebehind, self.retry)
+        self.events = EventHub(self.counters)
+        self.expiry = ExpiryEngine(self)
+        self._actors: OrderedDict[UUID, SessionActor] = OrderedDict()
+        # Actors stopping, and the expiry engine's holds: a new actor for one of
+        # these sessions waits for it to finish first.
+        self._retiring: dict[UUID, Predecessor] = {}
+        self._running = 0
+        self._all_stopped = trio.lowlevel.ParkingLot()
+        self._nursery: trio.Nursery  # the supervisor nursery, from start()
+        self._background = trio.CancelScope()
+        self.closed = False
+
+    # -------------------------------------------------------------- lifecycle
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        """Start the flusher, the expiry engine and the idle sweeper in `nursery`; ready on return."""
+        self._nursery = nursery
+        await nursery.start(self.writebehind.run)
+        await nursery.start(self._run_background)
+
+    async def _run_background(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+                              ) -> None:
+        with self._background:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.expiry.run)
+                await nursery.start(self._passivate_idle_forever)
+                task_status.started()
+
+    def stop_background(self) -> None:
+        """Stop expiring and passivating (shutdown; tests that drive expiry by hand)."""
+        self._background.cancel()
+
+    async def shutdown(self, *, flush: bool) -> None:
+        """Stop taking calls, let actors finish their mailboxes, flush, end subscriptions.
+
+        Runs shielded, within `shutdown_timeout`. Raises `StoreUnavailable` if
+        acknowledged writes could not be committed in that time. With
+        `flush=False` (one of the runtime's own tasks failed, so the flusher
+        may be gone) it only closes.
+        """
+        self.closed = True
+        self._background.cancel()
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + self.config.shutdown_timeout
+            for actor in list(self._actors.values()):
+                self.retire(actor)
+            if flush:
+                while self._running:
+                    await self._all_stopped.park()
+                await self.writebehind.flush()
+        self.events.close()
+        if scope.cancelled_caught:
+            raise StoreUnavailable(
+                f"could not flush within shutdown_timeout={self.config.shutdown_timeout}s; "
+                f"{self.writebehind.size} acknowledged writes were not committed")
+
+    def check_open(self) -> None:
+        if self.closed:
+            raise RuntimeClosed("the runtime is closed; call it inside `async with open_runtime()`")
+
+    # ------------------------------------------------- what actors call back
+
+    def publish(self, kind: EventKind, session: Session) -> None:
+        self.events.publish(kind, session)
+
+    def retire(self, actor: SessionActor) -> None:
+        """Stop an actor: it takes no more commands; a busy one first applies those queued."""
+        if actor.retired:
+            return
+        actor.retired = True
+        if self._actors.get(actor.id) is actor:
+            del self._actors[actor.id]
+        if actor.busy:
+            actor.stopped = trio.Event()
+            self._retiring[actor.id] = actor
+        actor.wake_posters()
+
+    def start_task(self, actor: SessionActor) -> None:
+        self._running += 1
+        self._nursery.start_soon(actor.run, name=f"trio_sessions.actor {actor.id}")
+
+    def task_done(self, actor: SessionActor) -> None:
+        if actor.session is None:  # cancelled while loading: a new actor must load afresh
+            self.retire(actor)
+        if actor.stopped is not None:
+            actor.stopped.set()
+            if self._retiring.get(actor.id) is actor:
+                del self._retiring[actor.id]
+        self._running -= 1
+        if not self._running:
+            self._all_stopped.unpark_all()
+
+    # ---------------------------------------------- what the engine calls back
+
+    def resident(self, session_id: UUID) -> SessionActor | None:
+        return self._actors.get(session_id)
+
+    def has_actor(self, session_id: UUID) -> bool:
+        """An actor is registered for the session, or one is still stopping (or held)."""
+        return session_id in self._actors or session_id in self._retiring
+
+    def hold(self, session_id: UUID, hold: Hold) -> None:
+        self._retiring[session_id] = hold
+
+    def unhold(self, session_id: UUID, hold: Hold) -> None:
+        hold.release()
+        if self._retiring.get(session_id) is hold:
+            del self._retiring[session_id]
+
+    def send_nowait(self, session_id: UUID, command: Command[Any], reply: Reply[Any]) -> None:
+        """Queue one of the runtime's own commands, never waiting for mailbox room."""
+        actor = self._actors.get(session_id)
+        if actor is None:
+            actor = self._activate(session_id, recently_used=False)
+        queued = actor.post_nowait(command, reply)
+        assert queued  # a registered actor has not retired
+
+    def _reconcile(self, session_id: UUID, refused: Session | None) -> None:
+        """The database refused a session's row: tell subscribers, and reload the session.
+
+        The resident actor (whose state holds the refused change) retires; a
+        new one reads the session through the write-behind, so it answers
+        with what is stored (renumbered above every version handed out) or
+        with the buffered changes that came after the refused one.
+        """
+        if refused is not None:
+            self.publish("rejected", refused)
+        if self.closed:
+            return
+        actor = self._actors.get(session_id)
+        if actor is not None:
+            self.retire(actor)
+        self.send_nowait(session_id, Read(), Reply[Session]())
+
+    # ---------------------------------------------------------------- routing
+
+    def _activate(self, session_id: UUID, *, recently_used: bool = True) -> SessionActor:
+        while len(self._actors) >= self.config.max_resident:
+            self.counters.passivations += 1
+            self.retire(next(iter(self._actors.values())))
+        actor = SessionActor(session_id, self, self._retiring.get(session_id), trio.current_time())
+        self._actors[session_id] = actor
+        if not recently_used:  # an actor started only for the runtime goes first when room is needed
+            self._actors.move_to_end(session_id, last=False)
+        return actor  # its task starts with the first command posted (it loads first)
+
+    def snapshot(self, session_id: UUID) -> Session | None:
+        """The resident actor's latest snapshot, if there is one and it cannot be overdue."""
+        actor = self._actors.get(session_id)
+        if actor is None:
+            return None
+        session = actor.session
+        if session is None or (session.is_active and actor.deadline <= trio.current_time()):
+            return None
+        return session
+
+    async def call(self, session_id: UUID, command: Command[T]) -> T:
+        """Send a command to the session's actor (activating it) and wait for the answer.
+
+        With `call_timeout` set, a command not applied in time is abandoned and
+        the call raises `Overloaded`; the commit wait of a durable command is
+        not part of that time. Cancelled before the command is applied, the
+        command is abandoned (never applied); cancelled after, only the wait
+        for its commit is given up.
+        """
+        self.check_open()
+        actor = self._actors.get(session_id)
+        if actor is not None and actor.idle():
+            # Fast path: nothing is queued for this session, so the caller may
+            # apply its command itself (SessionActor.apply), sparing two task
+            # switches and the mailbox. It re-checks after its checkpoint.
+            await trio.lowlevel.checkpoint()
+            self.check_open()
+            # Still idle means still resident: an actor leaves `_actors` only
+            # by retiring, and a session has one actor that has not retired.
+            if actor.idle() and (not command.mutating or self.writebehind.has_room()):
+                self._actors.move_to_end(session_id)
+                actor.last_used = now = trio.current_time()
+                value, waiter = actor.apply(command, now)
+                if waiter is not None:
+                    await waiter.wait()
+                return value
+        reply = Reply[T]()
+        timeout = self.config.call_timeout
+        if timeout is None:
+            await self._deliver(session_id, command, reply)
+            value = await reply.wait()
+        else:
+            with trio.move_on_after(timeout) as scope:
+                await self._deliver(session_id, command, reply)
+                value = await reply.wait()
+            if scope.cancelled_caught:
+                raise Overloaded(f"{type(command).__name__} not applied within call_timeout={timeout}s")
+        if reply.waiter is not None:
+            await reply.waiter.wait()
+        return value
+
+    async def _deliver(self, session_id: UUID, command: Command[Any], reply: Reply[Any]) -> None:
+        while True:
+            actor = self._actors.get(session_id)
+            if actor is None:
+                actor = self._activate(session_id)
+            else:
+                self._actors.move_to_end(session_id)
+                actor.last_used = trio.current_time()
+            if await actor.post(command, reply):
+                return
+            self.check_open()
+
+    async def create(self, fields: Mapping[str, Any], seconds: float, durable: bool) -> Session:
+        """Record a new session expiring `seconds` after its last activity.
+
+        No actor starts: one does with the first call on the session.
+        """
+        self.check_open()
+        await trio.lowlevel.checkpoint()
+        writebehind = self.writebehind
+        if not writebehind.has_room():
+            call_timeout = self.config.call_timeout
+            with trio.move_on_after(math.inf if call_timeout is None else call_timeout):
+                await writebehind.wait_for_room()
+            if not writebehind.has_room():
+                raise Overloaded(f"create not applied within call_timeout={call_timeout}s")
+        self.check_open()
+        # From here to the record there is no checkpoint: the creation is atomic.
+        wall = self.clock.to_wall(self.clock.now())
+        deadline, expires_at = self.clock.deadline_after(wall, seconds)
+        session = transitions.created(uuid.uuid4(), fields, seconds, wall, expires_at)
+        writebehind.record(session)
+        self.deadlines.push(session.id, deadline)
+        self.publish("created", session)
+        if durable:
+            waiter = writebehind.durable_waiter(session.id)
+            assert waiter is not None  # just recorded
+            await waiter.wait()
+        return session
+
+    async def _passivate_idle_forever(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+                                      ) -> None:
+        idle = self.config.passivate_after
+        task_status.started()
+        while True:
+            if not self._actors:
+                await trio.sleep(idle)
+                continue
+            oldest = next(iter(self._actors.values()))
+            due = oldest.last_used + idle
+            if due <= trio.current_time():
+                self.counters.passivations += 1
+                self.retire(oldest)
+                await trio.lowlevel.checkpoint()
+            else:
+                await trio.sleep_until(due)
+
+    def metrics(self) -> MetricsSnapshot:
+        c = self.counters
+        return MetricsSnapshot(
+            operations=c.operations(), resident=len(self._actors),
+            live_sessions=len(self.deadlines), pending_writes=self.writebehind.size,
+            flush_batches=c.flush_batches, flushed_sessions=c.flushed_sessions,
+            flushed_messages=c.flushed_messages, store_errors=c.store_errors, retries=c.retries,
+            rejected_rows=c.rejected_rows, expired=c.expired, passivations=c.passivations,
+            events_dropped=c.events_dropped, backpressure_waits=c.backpressure_waits)
