@@ -10,8 +10,25 @@ PUBLIC = {
     "SessionError", "SessionNotFound", "SessionInactive", "VersionConflict", "InvalidArgument",
     "RuntimeClosed", "StoreUnavailable", "Overloaded",
     # Beyond DESIGN.md: the error a durable caller gets for a refused row, the
-    # per-operation record inside MetricsSnapshot, and what subscribe() yields.
-    "WriteRejected", "OperationStats", "Subscription",
+    # per-operation record inside MetricsSnapshot, what subscribe() yields, and
+    # what the Store protocol names (so a store can be written from the public API).
+    "WriteRejected", "OperationStats", "Subscription", "WriteBatch", "ListQuery",
+}
+
+STORE_METHODS = {"connect", "load", "load_messages", "load_sessions", "live_deadlines", "write", "list",
+                 "health_check"}
+#: The public members of each public class that is not a plain record: the API and nothing else
+#: (as Trio's own export test checks). Records are checked by their dataclass fields.
+MEMBERS = {
+    "SessionRuntime": {
+        "create", "get", "update_last_activity", "update", "append_message", "context", "add_note",
+        "end", "delete", "list", "cleanup_old_sessions", "flush", "subscribe", "metrics", "config",
+        "deadline"},
+    "Subscription": {"receive", "dropped"},
+    "Store": STORE_METHODS,
+    "MemoryStore": STORE_METHODS,
+    "PostgresStore": STORE_METHODS,
+    "WriteBatch": {"sessions", "messages", "deletes", "touched", "split", "session_ids"},
 }
 
 
@@ -27,6 +44,29 @@ def test_every_public_name_is_defined_and_nothing_else_leaks() -> None:
               if not name.startswith("_") and name not in PUBLIC}
     leaked -= {"testing"}  # the subpackage, once imported
     assert leaked == set()
+
+
+async def test_public_classes_show_their_api_and_nothing_else() -> None:
+    import dataclasses
+
+    async with trio_sessions.open_runtime(store=trio_sessions.MemoryStore()) as rt:
+        async with rt.subscribe() as subscription:
+            instances = {"SessionRuntime": rt, "Subscription": subscription}
+            for name in PUBLIC:
+                cls = getattr(trio_sessions, name)
+                if not isinstance(cls, type) or issubclass(cls, BaseException):
+                    continue
+                # The class and, where one is at hand, an instance (attributes set in __init__).
+                members = {m for m in dir(cls) if not m.startswith("_")}
+                if name in instances:
+                    members |= {m for m in vars(instances[name]) if not m.startswith("_")}
+                if name in MEMBERS:
+                    assert members == MEMBERS[name], name
+                else:
+                    assert dataclasses.is_dataclass(cls), f"{name}: a record, or list its members"
+                    fields = {f.name for f in dataclasses.fields(cls)}
+                    extra = {"from_env", "from_file", "resolved_data_dir"} if name == "RuntimeConfig" else set()
+                    assert members == fields | extra, name
 
 
 def test_errors_share_one_base() -> None:

@@ -22,17 +22,19 @@ from ._model import SessionEvent as SessionEvent
 from ._postgres import PostgresStore as PostgresStore
 from ._runtime import SessionRuntime as SessionRuntime
 from ._runtime import open_runtime as open_runtime
+from ._store import ListQuery as ListQuery
 from ._store import MemoryStore as MemoryStore
 from ._store import Store as Store
+from ._store import WriteBatch as WriteBatch
 from ._subscriptions import Subscription as Subscription
 
 # A library never decides where its logs go: the application enables them.
 _logger.disable("trio_sessions")
 
 __all__ = [
-    "InvalidArgument", "MemoryStore", "Message", "MetricsSnapshot", "Note", "OperationStats",
+    "InvalidArgument", "ListQuery", "MemoryStore", "Message", "MetricsSnapshot", "Note", "OperationStats",
     "Overloaded", "Page", "PostgresStore", "RuntimeClosed", "RuntimeConfig", "Session",
     "SessionError", "SessionEvent", "SessionInactive", "SessionNotFound", "SessionRuntime",
-    "Store", "StoreUnavailable", "Subscription", "VersionConflict", "WriteRejected",
+    "Store", "StoreUnavailable", "Subscription", "VersionConflict", "WriteBatch", "WriteRejected",
     "open_runtime",
 ]

@@ -215,6 +215,9 @@ class ExpiryEngine:
             for session_id, row in rows.items():
                 if not row.is_active:
                     continue
+                refused = host.writebehind.refused_version(session_id)
+                if refused >= row.version:  # stored, with newer versions refused: see Loaded
+                    row = transitions.reverted(row, refused)
                 deadline = host.clock.to_trio(row.expires_at)
                 if deadline > now:  # written by another process since: not due after all
                     host.deadlines.touch(session_id, deadline)

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from uuid import UUID
 
-from . import _transitions as transitions
+import trio
+
 from ._errors import StoreUnavailable
 from ._model import Message, Session
 from ._retry import Retry
@@ -23,16 +24,18 @@ from ._writebehind import WriteBehind
 
 @dataclass(frozen=True, slots=True)
 class Loaded:
-    """A session as read: its row, its newest messages (oldest first), and whether the row is new.
+    """A session as read: its row and its newest messages (oldest first).
 
-    `reverted`: the database had refused the session's latest rows, so `row`
-    is the stored one renumbered above them (`transitions.reverted`); the
-    caller owns the session and must record it.
+    `refused`: the highest version of the session the database refused since
+    it last took one (0 if none). When it is not below `row.version`, the row
+    came from the store and the runtime has handed out newer versions that
+    were never stored: whoever owns the session must renumber the row above
+    them (`transitions.reverted`) and record it.
     """
 
     row: Session
     messages: Sequence[Message]
-    reverted: bool = False
+    refused: int = 0
 
 
 class ReadThrough:
@@ -52,17 +55,15 @@ class ReadThrough:
             StoreUnavailable: the store could not be read in `read_attempts` tries.
         """
         row, deleted, buffered = self._writebehind.lookup(session_id)
-        if deleted:
-            return None
-        if row is None:
+        if row is None and not deleted:
             loaded = await self._retry.read(self._store.load, session_id, messages=messages)
             if loaded is None:
                 return None
             row, stored = loaded
-            refused = self._writebehind.refused_version(session_id)
-            if refused >= row.version:
-                return Loaded(transitions.reverted(row, refused), stored, reverted=True)
-            return Loaded(row, stored)
+            return Loaded(row, stored, self._writebehind.refused_version(session_id))
+        await trio.lowlevel.checkpoint()  # every read is a checkpoint, also one the buffer answers
+        if row is None:  # deleted
+            return None
         need = min(messages, row.message_count)
         if len(buffered) >= need:
             return Loaded(row, buffered[len(buffered) - need:] if need else ())
@@ -77,8 +78,8 @@ class ReadThrough:
 
         Returns the rows found, and the ids that could not be read because the
         store stayed unavailable for `read_attempts` tries (what the buffer
-        holds is returned all the same). A row the database refused comes
-        back renumbered, as in `session`, for the caller to build its change on.
+        holds is returned all the same). Check `WriteBehind.refused_version`
+        of each, as `Loaded.refused` says.
         """
         rows: dict[UUID, Session] = {}
         to_load = []
@@ -88,14 +89,14 @@ class ReadThrough:
                 rows[session_id] = row
             elif not deleted:
                 to_load.append(session_id)
-        if to_load:
-            try:
-                stored = await self._retry.read(self._store.load_sessions, to_load)
-            except StoreUnavailable:
-                return rows, to_load
-            for session_id, row in stored.items():
-                refused = self._writebehind.refused_version(session_id)
-                rows[session_id] = transitions.reverted(row, refused) if refused >= row.version else row
+        if not to_load:
+            await trio.lowlevel.checkpoint()
+            return rows, []
+        try:
+            stored = await self._retry.read(self._store.load_sessions, to_load)
+        except StoreUnavailable:
+            return rows, to_load  # noqa: ASYNC910  the failed read checkpointed
+        rows.update(stored)
         return rows, []
 
     async def live_deadlines(self) -> list[tuple[UUID, float]]:

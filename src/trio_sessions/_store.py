@@ -27,7 +27,8 @@ class WriteBatch:
 
     `sessions` are upserted only where their version is newer than the stored
     row. `touched` rows differ from the version last written (or read) only
-    in `ACTIVITY_FIELDS`, and come from activity, so their `updated_at` is
+    in `ACTIVITY_FIELDS` (`last_activity`, `expires_at`, `updated_at`,
+    `version`, `message_count`), and come from activity, so their `updated_at` is
     their `last_activity`: a store updates just those columns of the stored
     row, again only where its version is older, and leaves a session it
     does not hold missing. `messages` are appended, ignoring a

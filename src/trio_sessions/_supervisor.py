@@ -87,7 +87,7 @@ class Supervisor:
         """Stop expiring and passivating (shutdown; tests that drive expiry by hand)."""
         self._background.cancel()
 
-    async def shutdown(self, *, flush: bool) -> None:
+    async def shutdown(self, *, flush: bool) -> None:  # noqa: ASYNC910  flush=False: nothing to wait for
         """Stop taking calls, let actors finish their mailboxes, flush, end subscriptions.
 
         Runs shielded, within `shutdown_timeout`. Raises `StoreUnavailable` if
@@ -97,7 +97,7 @@ class Supervisor:
         """
         self.closed = True
         self._background.cancel()
-        with trio.CancelScope(shield=True) as scope:
+        with trio.CancelScope(shield=True) as scope:  # noqa: ASYNC912  shielded to finish, within a deadline
             scope.deadline = trio.current_time() + self.config.shutdown_timeout
             for actor in list(self._actors.values()):
                 self.retire(actor)
