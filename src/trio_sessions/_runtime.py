@@ -116,6 +116,10 @@ class SessionRuntime:
 
         Raises:
             InvalidArgument: naming the bad argument; nothing is created.
+
+        Cancellation: while it waits for room in a full write-behind buffer,
+        nothing is created; once created, a durable call cancelled during the
+        commit wait leaves the session created (and it is committed).
         """
         timeout_s = self.config.session_timeout if timeout is None else model.check_seconds(
             "timeout", timeout, high=model.MAX_TIMEOUT)
@@ -138,6 +142,8 @@ class SessionRuntime:
 
         Raises:
             SessionNotFound: no such session, or it belongs to another user.
+
+        Cancellation: nothing changes (a read is simply abandoned).
         """
         sid = model.check_session_id(session_id)
         if user_id is not None:
@@ -160,6 +166,9 @@ class SessionRuntime:
 
         Raises:
             SessionNotFound, SessionInactive.
+
+        Cancellation: before the change is applied, nothing changes; while a
+        durable call waits for the commit, the change stands and is committed.
         """
         sid = model.check_session_id(session_id)
         return await self._sup.call(sid, TOUCH[model.check_bool("durable", durable)])
@@ -179,6 +188,9 @@ class SessionRuntime:
         Raises:
             VersionConflict: `expected_version` is not the current version.
             SessionNotFound, SessionInactive, InvalidArgument.
+
+        Cancellation: before the change is applied, nothing changes; while a
+        durable call waits for the commit, the change stands and is committed.
         """
         sid = model.check_session_id(session_id)
         model.check_optional_int("expected_version", expected_version, low=1, high=2**63 - 1)
@@ -203,6 +215,9 @@ class SessionRuntime:
 
         Raises:
             SessionNotFound, SessionInactive, InvalidArgument.
+
+        Cancellation: before the change is applied, nothing changes; while a
+        durable call waits for the commit, the change stands and is committed.
         """
         sid = model.check_session_id(session_id)
         command = AppendMessage(model.check_role(role),
@@ -216,6 +231,8 @@ class SessionRuntime:
 
         Raises:
             SessionNotFound; InvalidArgument if `limit` is not 1..max_messages.
+
+        Cancellation: nothing changes (a read is simply abandoned).
         """
         sid = model.check_session_id(session_id)
         limit = self.config.max_messages if limit is None else model.check_int(
@@ -228,6 +245,9 @@ class SessionRuntime:
 
         Raises:
             SessionNotFound, SessionInactive, InvalidArgument.
+
+        Cancellation: before the change is applied, nothing changes; while a
+        durable call waits for the commit, the change stands and is committed.
         """
         sid = model.check_session_id(session_id)
         command = AddNote(model.check_text("text", text, max_chars=model.MAX_NOTE_CHARS),
@@ -242,6 +262,9 @@ class SessionRuntime:
 
         Raises:
             SessionNotFound, InvalidArgument.
+
+        Cancellation: before the change is applied, nothing changes; while a
+        durable call waits for the commit, the change stands and is committed.
         """
         sid = model.check_session_id(session_id)
         command = End(model.check_text("reason", reason, max_chars=model.MAX_NAME_CHARS),
@@ -254,6 +277,10 @@ class SessionRuntime:
 
         Raises:
             SessionNotFound.
+
+        Cancellation: before the delete is applied, nothing changes; while it
+        waits for the commit, the session is already gone and the delete is
+        committed.
         """
         await self._sup.call(model.check_session_id(session_id), Delete())
 
@@ -270,6 +297,12 @@ class SessionRuntime:
             active: True for live sessions, False for ended or expired ones, None for all.
             limit: page size, 1 to 1000.
             after: the `next_cursor` of the previous page.
+
+        Raises:
+            InvalidArgument: a filter out of range, or a cursor the runtime did not make.
+            StoreUnavailable: the store could not be read in `read_attempts` tries.
+
+        Cancellation: nothing changes (the flush it waits for goes on).
         """
         query = ListQuery(
             user_id=model.check_optional_text("user_id", user_id, max_chars=model.MAX_ID_CHARS),
@@ -295,19 +328,31 @@ class SessionRuntime:
         Raises:
             StoreUnavailable: some due sessions could not be read from the
                 store; they stay due and are retried (call again to insist).
+
+        Cancellation: what it already expired stays expired, and the
+        expiries it queued are still applied; only the count is lost.
         """
         self._sup.check_open()
         return await self._sup.expiry.cleanup()
 
     @_measured("flush")
     async def flush(self) -> None:
-        """Wait until every change acknowledged before this call is committed."""
+        """Wait until every change acknowledged before this call is committed (or refused).
+
+        Cancellation: only the wait is given up; the flush goes on.
+        """
         self._sup.check_open()
         await self._sup.writebehind.flush()
 
     @asynccontextmanager
     async def subscribe(self, *, buffer: int | None = None) -> AsyncIterator[Subscription]:
-        """Receive every event (created, updated, expired, ended, deleted) from now on.
+        """Receive every event (created, updated, expired, ended, deleted, rejected) from now on.
+
+        Entering and leaving never block. In-process and best-effort: a full
+        buffer drops events for this subscriber (counted in `dropped`). A
+        subscription made first thing in the `open_runtime()` block, before
+        it first blocks, sees the expiries of sessions that fell due while
+        nothing ran.
 
         Args:
             buffer: events held for this subscriber; `subscriber_buffer` when None.
