@@ -64,7 +64,7 @@ async def measure(kind: str, sessions: int, resident: int, seconds: float, url: 
         samples: dict[str, list[float]] = {"live": [0], "rss_mib": [rss_open / MIB]}
         sample_every = max(1, sessions // 20)
 
-        async def creator(count: int) -> None:
+        async def creator(count: int) -> None:  # noqa: ASYNC910  awaits in a non-empty loop
             for _ in range(count):
                 ids.append((await rt.create("user-42", "financeiro", metadata={"channel": "whatsapp"})).id)
                 if len(ids) % sample_every == 0:
@@ -86,7 +86,8 @@ async def measure(kind: str, sessions: int, resident: int, seconds: float, url: 
         started = time.perf_counter()
         hot = ids[:resident]
 
-        async def warm(first: int) -> None:  # activate the first M, CALLERS at a time
+        # Activate the first M, CALLERS at a time.
+        async def warm(first: int) -> None:  # noqa: ASYNC910  awaits in a non-empty loop
             for session_id in hot[first::CALLERS]:
                 await rt.update_last_activity(session_id)
 
