@@ -12,7 +12,7 @@ PUBLIC = {
     # Beyond the contract's list: the error a durable caller gets for a refused row, the
     # per-operation record inside MetricsSnapshot, what subscribe() yields, and
     # what the Store protocol names (so a store can be written from the public API).
-    "WriteRejected", "OperationStats", "Subscription", "WriteBatch", "ListQuery",
+    "WriteRejected", "OperationStats", "Subscription", "WriteBatch", "ListQuery", "Health",
 }
 
 STORE_METHODS = {"connect", "load", "load_messages", "load_sessions", "live_deadlines", "write", "list",
@@ -23,7 +23,7 @@ MEMBERS = {
     "SessionRuntime": {
         "create", "get", "update_last_activity", "update", "append_message", "context", "add_note",
         "end", "delete", "list", "cleanup_old_sessions", "flush", "subscribe", "metrics", "config",
-        "deadline"},
+        "deadline", "health"},
     "Subscription": {"receive", "dropped"},
     "Store": STORE_METHODS,
     "MemoryStore": STORE_METHODS,

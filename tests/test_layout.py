@@ -20,7 +20,7 @@ PACKAGE = Path(trio_sessions.__file__).parent
 #: Modules not listed (the CLI, the demo, the testing kit, __init__) sit on top.
 RANKS = {
     "_errors": 0, "_clock": 0,
-    "_model": 1, "_metrics": 1, "_migrations": 1,
+    "_model": 1, "_metrics": 1, "_migrations": 1, "_health": 1,
     "_cursor": 2, "_config": 2,
     "_store": 3,
     "_postgres": 4, "_embedded": 4,

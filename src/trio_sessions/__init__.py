@@ -12,6 +12,7 @@ from ._errors import SessionNotFound as SessionNotFound
 from ._errors import StoreUnavailable as StoreUnavailable
 from ._errors import VersionConflict as VersionConflict
 from ._errors import WriteRejected as WriteRejected
+from ._health import Health as Health
 from ._metrics import MetricsSnapshot as MetricsSnapshot
 from ._metrics import OperationStats as OperationStats
 from ._model import Message as Message
@@ -32,9 +33,9 @@ from ._subscriptions import Subscription as Subscription
 _logger.disable("trio_sessions")
 
 __all__ = [
-    "InvalidArgument", "ListQuery", "MemoryStore", "Message", "MetricsSnapshot", "Note", "OperationStats",
-    "Overloaded", "Page", "PostgresStore", "RuntimeClosed", "RuntimeConfig", "Session",
-    "SessionError", "SessionEvent", "SessionInactive", "SessionNotFound", "SessionRuntime",
-    "Store", "StoreUnavailable", "Subscription", "VersionConflict", "WriteBatch", "WriteRejected",
-    "open_runtime",
+    "Health", "InvalidArgument", "ListQuery", "MemoryStore", "Message", "MetricsSnapshot", "Note",
+    "OperationStats", "Overloaded", "Page", "PostgresStore", "RuntimeClosed", "RuntimeConfig",
+    "Session", "SessionError", "SessionEvent", "SessionInactive", "SessionNotFound",
+    "SessionRuntime", "Store", "StoreUnavailable", "Subscription", "VersionConflict", "WriteBatch",
+    "WriteRejected", "open_runtime",
 ]

@@ -99,6 +99,10 @@ class ReadThrough:
         rows.update(stored)
         return rows, []
 
+    async def probe(self) -> None:
+        """Return when the store answers (once, no retry); raise `StoreUnavailable` otherwise."""
+        await self._store.health_check()
+
     async def live_deadlines(self) -> list[tuple[UUID, float]]:
         """`(id, expires_at timestamp)` of every stored active session, by deadline (at start)."""
         return await self._retry.read(self._store.live_deadlines)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Awaitable, Callable
-from typing import ParamSpec, TypeVar
+from typing import Final, ParamSpec, TypeVar
 
 import trio
 from loguru import logger
@@ -23,11 +23,17 @@ from ._metrics import Counters
 P = ParamSpec("P")
 T = TypeVar("T")
 
+#: While a write waits out its backoff, the store is probed this often (`Store.health_check`);
+#: after an outage the write is retried as soon as a probe succeeds, so a store that comes back
+#: is written to within this time, not after a backoff of up to `retry_max_delay`. One light
+#: probe per interval, from one task, is no load on a store that is down.
+PROBE_INTERVAL: Final = 0.2
+
 
 class Retry:
     """Calls a store method until it succeeds, or up to a number of attempts."""
 
-    __slots__ = ("_config", "_counters", "_rng")
+    __slots__ = ("_config", "_counters", "_rng", "last_error", "write_failures")
 
     def __init__(self, config: RuntimeConfig, counters: Counters, rng: random.Random) -> None:
         self._config = config
@@ -35,6 +41,10 @@ class Retry:
         # Jitter comes from a generator of the runtime's own, seeded from the
         # global one: Hypothesis's st.random_module() seeds that, so a test replays.
         self._rng = rng
+        #: Write attempts that failed since the last one that succeeded.
+        self.write_failures = 0
+        #: The message of the latest failure of a store call (None before any).
+        self.last_error: str | None = None
 
     async def read(self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
         """Call a store read, trying up to `read_attempts` times; then raise `StoreUnavailable`."""
@@ -43,16 +53,20 @@ class Retry:
         for attempt in range(1, attempts + 1):
             try:
                 return await fn(*args, **kwargs)
-            except StoreUnavailable:
+            except StoreUnavailable as exc:
                 self._counters.store_errors += 1
+                self.last_error = str(exc)
                 if attempt == attempts:
                     raise
                 delay = await self._back_off(delay)
         raise AssertionError("unreachable")  # pragma: no cover - the last attempt raises
 
-    async def write(self, fn: Callable[P, Awaitable[None]], *args: P.args, **kwargs: P.kwargs) -> None:
+    async def write(self, probe: Callable[[], Awaitable[None]], fn: Callable[P, Awaitable[None]],
+                    *args: P.args, **kwargs: P.kwargs) -> None:
         """Call a store write until it succeeds (rows are never dropped for a transient failure).
 
+        Between attempts it backs off, probing the store with `probe` every
+        `PROBE_INTERVAL`; the first probe that succeeds ends the wait.
         Warns once when `alert_flush_failures` attempts in a row have failed.
         Anything but `StoreUnavailable` propagates at once.
         """
@@ -61,16 +75,41 @@ class Retry:
         while True:
             try:
                 await fn(*args, **kwargs)
-                return
             except StoreUnavailable as exc:
                 failures += 1
+                self.write_failures += 1
+                self.last_error = str(exc)
                 self._counters.store_errors += 1
                 if failures == self._config.alert_flush_failures:
                     logger.warning("flush failed {} times in a row, still retrying: {}", failures, exc)
-                delay = await self._back_off(delay)
+                delay = await self._back_off(delay, probe)
+            else:
+                self.write_failures = 0
+                return
 
-    async def _back_off(self, delay: float) -> float:
-        """Sleep about `delay` (equal jitter); return the next delay."""
+    async def _back_off(self, delay: float, probe: Callable[[], Awaitable[None]] | None = None) -> float:
+        """Sleep about `delay` (equal jitter); return the next delay.
+
+        With a `probe`, the store is probed every `PROBE_INTERVAL` meanwhile.
+        Once a probe has failed (the store is down, not just this call), the
+        first probe that succeeds ends the wait, and the backoff starts over.
+        A store that answers the first probe is up: the failure was the
+        call's own, and the wait runs its course.
+        """
         self._counters.retries += 1
-        await trio.sleep(self._rng.uniform(delay / 2, delay))
+        until = trio.current_time() + self._rng.uniform(delay / 2, delay)
+        if probe is not None:
+            down = False
+            while (left := until - trio.current_time()) > PROBE_INTERVAL:
+                await trio.sleep(PROBE_INTERVAL)
+                with trio.move_on_after(left - PROBE_INTERVAL):  # a probe that hangs is no answer
+                    try:
+                        await probe()
+                    except StoreUnavailable:
+                        down = True
+                        continue
+                    if down:  # back after an outage: retry now
+                        return self._config.retry_initial_delay
+                    break
+        await trio.sleep_until(until)
         return min(delay * 2, self._config.retry_max_delay)

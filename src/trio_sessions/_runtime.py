@@ -26,6 +26,7 @@ from . import _model as model
 from ._commands import TOUCH, AddNote, AppendMessage, Context, Delete, End, Read, Update
 from ._config import RuntimeConfig
 from ._errors import InvalidArgument, SessionNotFound, StoreUnavailable
+from ._health import Health
 from ._metrics import MetricsSnapshot
 from ._model import Message, Page, Session
 from ._store import ListQuery, Store
@@ -365,6 +366,16 @@ class SessionRuntime:
             yield subscription
         finally:
             self._sup.events.remove(subscription)
+
+    async def health(self) -> Health:
+        """What a readiness probe needs: is the store reachable, and is the write-behind keeping up.
+
+        Probes the store once (`Store.health_check`, one `SELECT 1` on
+        PostgreSQL), for at most a second; the rest is read from memory.
+        Cheap enough to call every second. Cancellation: nothing changes.
+        """
+        self._sup.check_open()
+        return await self._sup.health(probe_timeout=1.0)
 
     def metrics(self) -> MetricsSnapshot:
         """A snapshot of the counters. Never blocks."""

@@ -32,6 +32,7 @@ from ._config import RuntimeConfig
 from ._deadlines import DeadlineQueue
 from ._errors import Overloaded, RuntimeClosed, StoreUnavailable
 from ._expiry import ExpiryEngine, Hold
+from ._health import Health
 from ._metrics import Counters, MetricsSnapshot
 from ._model import EventKind, Session
 from ._readthrough import ReadThrough
@@ -308,6 +309,22 @@ class Supervisor:
                 await trio.lowlevel.checkpoint()
             else:
                 await trio.sleep_until(due)
+
+    async def health(self, probe_timeout: float) -> Health:
+        """Probe the store (at most `probe_timeout` seconds) and read the write-behind's state."""
+        reachable = False
+        with trio.move_on_after(probe_timeout):
+            try:
+                await self.reads.probe()
+            except StoreUnavailable:
+                pass
+            else:
+                reachable = True
+        writebehind = self.writebehind
+        return Health(
+            store_reachable=reachable, oldest_pending_age=writebehind.oldest_age(),
+            pending_writes=writebehind.size, max_pending=self.config.max_pending,
+            consecutive_flush_failures=self.retry.write_failures, last_error=self.retry.last_error)
 
     def metrics(self) -> MetricsSnapshot:
         c = self.counters

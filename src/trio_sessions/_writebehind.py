@@ -268,6 +268,13 @@ class WriteBehind:
             await self._settled.park()
         await trio.lowlevel.checkpoint()
 
+    def oldest_age(self) -> float:
+        """Seconds since the oldest change not yet committed was recorded (0 when there is none)."""
+        for buffer in (*(batch.entries for batch in self._inflight), self._pending):
+            for entry in buffer.values():  # the first is the oldest
+                return trio.current_time() - entry.since
+        return 0.0
+
     def _oldest_ticket(self) -> float:
         for buffer in (*(batch.entries for batch in self._inflight), self._pending):
             for entry in buffer.values():  # the first is the oldest
@@ -344,7 +351,7 @@ class WriteBehind:
         (`whole`) or part.
         """
         try:
-            await self._retry.write(self._store.write, batch)
+            await self._retry.write(self._store.health_check, self._store.write, batch)
         except WriteRejected as exc:
             ids = batch.session_ids()
             if len(ids) == 1:
