@@ -3,7 +3,7 @@
 The baseline is the usual design of a session manager: every activity is one
 `UPDATE sessions SET last_activity, expires_at, updated_at, version` on the
 row, awaited by the caller, through a pool with the runtime's settings
-(asyncpg under trio-asyncio, bridged like `_postgres.py`). It is the most
+(asyncpg under trio-asyncio, bridged like `trio_sessions._postgres._bridge`). It is the most
 favourable form of write-through: no RETURNING, no row decoded.
 
 Two workloads, each with the same concurrent callers:

@@ -36,7 +36,7 @@ RANKS = {
 }
 TOP = 100
 #: The only module that may import asyncio, asyncpg or trio_asyncio.
-BRIDGES = {"_postgres._bridge", "_postgres"}
+BRIDGES = {"_postgres._bridge"}
 ASYNCIO = {"asyncio", "asyncpg", "trio_asyncio"}
 
 

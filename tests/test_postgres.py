@@ -21,13 +21,13 @@ from trio_sessions._migrations import load_migrations, migrations_dir
 from trio_sessions._model import Message, Session, check_metadata
 from trio_sessions._postgres import (
     PostgresStore,
-    _store_errors,
     apply_migrations_to,
     create_database,
     database_url,
     drop_database,
     terminate_connections,
 )
+from trio_sessions._postgres._bridge import store_errors
 from trio_sessions._store import WriteBatch
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
@@ -178,7 +178,7 @@ async def test_lost_connections_are_replaced(postgres_server_url: str, postgres_
 ], ids=lambda error: type(error).__name__)
 def test_transient_errors_become_store_unavailable(error: Exception) -> None:
     for rejectable in (False, True):
-        with pytest.raises(StoreUnavailable) as caught, _store_errors(rejectable=rejectable):
+        with pytest.raises(StoreUnavailable) as caught, store_errors(rejectable=rejectable):
             raise error
         assert caught.value.__cause__ is not None
         assert not isinstance(caught.value.__cause__, ExceptionGroup)
@@ -189,10 +189,10 @@ def test_transient_errors_become_store_unavailable(error: Exception) -> None:
     asyncpg.CheckViolationError("x"), asyncpg.NumericValueOutOfRangeError("x"),
 ], ids=lambda error: type(error).__name__)
 def test_data_errors_are_rejections_only_in_write(error: Exception) -> None:
-    with pytest.raises(WriteRejected) as caught, _store_errors(rejectable=True):
+    with pytest.raises(WriteRejected) as caught, store_errors(rejectable=True):
         raise error
     assert caught.value.__cause__ is error
-    with pytest.raises(type(error)), _store_errors():
+    with pytest.raises(type(error)), store_errors():
         raise error
 
 
@@ -202,7 +202,7 @@ def test_data_errors_are_rejections_only_in_write(error: Exception) -> None:
     ValueError("bug"), KeyError("bug"),
 ], ids=lambda error: type(error).__name__)
 def test_other_errors_propagate_unchanged(error: Exception) -> None:
-    with pytest.raises(type(error)) as caught, _store_errors(rejectable=True):
+    with pytest.raises(type(error)) as caught, store_errors(rejectable=True):
         raise error
     assert caught.value is error
 

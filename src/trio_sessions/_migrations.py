@@ -3,7 +3,7 @@
 The files live in the repository's top-level `migrations/` folder; the wheel
 carries them as `trio_sessions/migrations` (pyproject force-includes them).
 Applying them needs a connection, so the runner itself lives in
-`_postgres.apply_migrations`: this module knows files, not SQL.
+`_postgres._bridge`: this module knows files, not SQL.
 """
 
 from __future__ import annotations

@@ -1,0 +1,385 @@
+"""asyncpg, run from Trio through trio-asyncio: the only module that imports asyncio's world.
+
+How the bridge works:
+
+- `open_database()` opens a trio-asyncio loop and the connection pool in
+  it, and hands out a `Database` holding both. Every call crosses into
+  asyncio once, as `aio_as_trio(fn, loop=loop)(*args)`, where `fn` is one of
+  the `_aio_*` coroutine functions below: they are the only code that runs
+  on the asyncio side. The loop is passed explicitly because trio-asyncio
+  otherwise finds it through a context variable that a Trio task started
+  outside `open_loop()` lacks.
+- asyncio objects (the pool, its connections) never outlive their loop: the
+  pool is made inside `open_database()` and closed before the loop is.
+- Errors are translated here, where the driver's exception types are known:
+  a transient failure (connection lost or refused, server shutting down, too
+  many connections, serialization failure, deadlock, a timeout) raises
+  `StoreUnavailable` with the original chained; a data error of a write
+  (SQLSTATE class 22 or 23) raises `WriteRejected`; anything else propagates
+  unchanged, because it is a bug.
+
+Importing this module loads asyncpg and trio_asyncio, so the rest of the
+package imports it only once PostgreSQL is really used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeAlias, TypeVar
+
+import asyncpg
+import trio
+import trio_asyncio  # type: ignore[import-untyped]  # trio-asyncio ships no types
+
+from .._config import RuntimeConfig
+from .._errors import StoreUnavailable, WriteRejected
+from .._migrations import MIGRATION_LOCK_KEY
+from . import _sql as sql
+
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
+    Pool: TypeAlias = asyncpg.Pool[asyncpg.Record]
+    Connection: TypeAlias = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
+
+T = TypeVar("T")
+
+#: One statement of a transaction and its arguments.
+Statement: TypeAlias = tuple[str, Sequence[Any]]
+
+#: Seconds a pool may take to close on exit before its connections are dropped.
+#: After the runtime has stopped no connection is in use, so closing takes
+#: milliseconds; a close that hangs (a pending cancel) is cut short.
+POOL_CLOSE_TIMEOUT: Final = 5.0
+
+#: `application_name` of every connection, as `pg_stat_activity` shows it.
+APPLICATION_NAME: Final = "trio-sessions"
+
+#: Timeout of the single connection made by the admin helpers.
+ADMIN_CONNECT_TIMEOUT: Final = 10.0
+
+
+class Database:
+    """A connection pool on its own trio-asyncio loop; made by `open_database()`.
+
+    Every method is a Trio checkpoint and translates the driver's errors
+    (see the module's docstring). Cancelling a call cancels its query.
+    """
+
+    __slots__ = ("_loop", "_pool")
+
+    def __init__(self, loop: Any, pool: Pool) -> None:
+        self._loop = loop  # the trio-asyncio loop (untyped)
+        self._pool = pool
+
+    async def fetch(self, statement: str, *args: object) -> list[asyncpg.Record]:
+        """The rows of one statement."""
+        with store_errors():
+            return await _run(self._loop, _aio_fetch, self._pool, statement, *args)
+
+    async def fetchrow(self, statement: str, *args: object) -> asyncpg.Record | None:
+        """The first row of one statement, or None."""
+        with store_errors():
+            return await _run(self._loop, _aio_fetchrow, self._pool, statement, *args)
+
+    async def transaction(self, statements: Iterable[Statement]) -> None:
+        """Run `statements` in order in one transaction, on one pooled connection.
+
+        `statements` is consumed lazily, between executions, so a caller can
+        build each statement's arguments just before it runs.
+
+        Raises:
+            WriteRejected: PostgreSQL refused the data (SQLSTATE class 22 or
+                23); nothing was written.
+            StoreUnavailable: a transient failure; the transaction may be retried.
+        """
+        with store_errors(rejectable=True):
+            await _run(self._loop, _aio_transaction, self._pool, statements)
+
+    async def health_check(self) -> None:
+        """Return when PostgreSQL answers `SELECT 1`; raise `StoreUnavailable` on any failure."""
+        try:
+            await _run(self._loop, _aio_fetch, self._pool, sql.HEALTH_CHECK)
+        except Exception as exc:
+            raise StoreUnavailable(f"PostgreSQL health check failed: {describe(exc)}") from exc
+
+
+@asynccontextmanager
+async def open_database(url: str, config: RuntimeConfig, migrations: Sequence[tuple[str, str]]
+                        ) -> AsyncIterator[Database]:
+    """Apply pending `migrations` to `url`, then open the pool; close it on exit.
+
+    Entering blocks until the schema is current and the pool's first
+    `pool_min` connections are open. Leaving closes the pool, shielded from
+    cancellation, within `POOL_CLOSE_TIMEOUT` seconds; after that the
+    connections are dropped. An exception raised by the body comes out as it
+    was raised (not wrapped in trio-asyncio's exception groups).
+
+    Raises:
+        StoreUnavailable: the server cannot be reached (on entry).
+    """
+    async with _asyncio_loop() as loop:
+        with store_errors():
+            # On a connection of its own, closed before the pool opens: the
+            # advisory lock is released by an explicit unlock (or by
+            # closing), never left to a pooled connection's reset.
+            await _run(loop, _aio_migrate_url, url, migrations, config.connect_timeout)
+            pool = await _run(loop, _aio_create_pool, url, config)
+        try:
+            yield Database(loop, pool)
+        finally:
+            await _close_pool(loop, pool)
+
+
+async def execute_once(url: str, statement: str) -> None:
+    """Run one statement on a connection of its own, in a loop of its own (admin helpers)."""
+    async with _asyncio_loop() as loop:
+        with store_errors():
+            await _run(loop, _aio_execute_once, url, statement)
+
+
+async def fetchval_once(url: str, statement: str, *args: object) -> Any:
+    """The first value of one statement, on a connection and a loop of its own (admin helpers)."""
+    async with _asyncio_loop() as loop:
+        with store_errors():
+            return await _run(loop, _aio_fetchval_once, url, statement, *args)
+
+
+async def migrate(url: str, migrations: Sequence[tuple[str, str]], connect_timeout: float) -> list[str]:
+    """Apply the `migrations` the database lacks, in a loop of its own; return their names."""
+    async with _asyncio_loop() as loop:
+        with store_errors():
+            return await _run(loop, _aio_migrate_url, url, migrations, connect_timeout)
+
+
+# ----------------------------------------------------- the asyncio side
+# These coroutine functions run on the trio-asyncio loop, called through `_run`.
+
+
+async def _aio_create_pool(url: str, config: RuntimeConfig) -> Pool:
+    # No type codecs are registered: JSON columns are encoded with json.dumps,
+    # sent as text and cast to jsonb in SQL, and read back as text.
+    return await asyncpg.create_pool(
+        url,
+        min_size=config.pool_min,
+        max_size=config.pool_max,
+        max_inactive_connection_lifetime=config.max_inactive_connection_lifetime,
+        timeout=config.connect_timeout,
+        command_timeout=config.command_timeout,
+        server_settings={"application_name": APPLICATION_NAME},
+        reset=_aio_keep_session,
+    )
+
+
+async def _aio_keep_session(connection: asyncpg.Connection[asyncpg.Record]) -> None:
+    """The pool's reset: nothing (asyncpg has already rolled back an open transaction).
+
+    The default reset runs `SELECT pg_advisory_unlock_all(); CLOSE ALL;
+    UNLISTEN *; RESET ALL;` on every release: a round trip per call, for
+    session state this store never creates (no advisory locks, cursors,
+    LISTEN or SET on pooled connections: migrations run on a connection of
+    their own). A connection that broke is still dropped on release:
+    asyncpg terminates a closed connection instead of resetting it.
+    """
+
+
+async def _aio_apply_migrations(connection: Connection, migrations: Sequence[tuple[str, str]]) -> list[str]:
+    """Apply the migrations `schema_migrations` lacks, in order; return their names.
+
+    The session-level advisory lock makes concurrent runners (several
+    processes starting at once) take turns: the first applies, the others
+    then find every file recorded. Each file and its record commit together.
+    The caller gives a connection of its own (not a pooled one) and closes
+    it afterwards. On error the lock is not released here: an unlock on a
+    broken or cancelled connection would only hide the error, and the lock
+    goes anyway when the caller terminates the connection.
+    """
+    await connection.execute(sql.LOCK_MIGRATIONS, MIGRATION_LOCK_KEY)
+    await connection.execute(sql.CREATE_SCHEMA_MIGRATIONS)
+    applied = {row[0] for row in await connection.fetch(sql.APPLIED_MIGRATIONS)}
+    newly_applied = []
+    for name, text in migrations:
+        if name in applied:
+            continue
+        async with connection.transaction():
+            await connection.execute(text)
+            await connection.execute(sql.RECORD_MIGRATION, name)
+        newly_applied.append(name)
+    await connection.execute(sql.UNLOCK_MIGRATIONS, MIGRATION_LOCK_KEY)
+    return newly_applied
+
+
+async def _aio_fetch(pool: Pool, statement: str, *args: object) -> list[asyncpg.Record]:
+    return await pool.fetch(statement, *args)
+
+
+async def _aio_fetchrow(pool: Pool, statement: str, *args: object) -> asyncpg.Record | None:
+    return await pool.fetchrow(statement, *args)
+
+
+async def _aio_transaction(pool: Pool, statements: Iterable[Statement]) -> None:
+    async with pool.acquire() as connection, connection.transaction():
+        for statement, args in statements:
+            await connection.execute(statement, *args)
+
+
+async def _aio_terminate(pool: Pool) -> None:
+    pool.terminate()
+
+
+async def _aio_execute_once(url: str, statement: str) -> None:
+    connection = await asyncpg.connect(url, timeout=ADMIN_CONNECT_TIMEOUT)
+    try:
+        await connection.execute(statement)
+    finally:
+        connection.terminate()  # nothing is pending: no need for a graceful close
+
+
+async def _aio_fetchval_once(url: str, statement: str, *args: object) -> Any:
+    connection = await asyncpg.connect(url, timeout=ADMIN_CONNECT_TIMEOUT)
+    try:
+        return await connection.fetchval(statement, *args)
+    finally:
+        connection.terminate()
+
+
+async def _aio_migrate_url(url: str, migrations: Sequence[tuple[str, str]], connect_timeout: float
+                           ) -> list[str]:
+    connection = await asyncpg.connect(url, timeout=connect_timeout,
+                                       server_settings={"application_name": APPLICATION_NAME})
+    try:
+        applied = await _aio_apply_migrations(connection, migrations)
+    except BaseException:
+        connection.terminate()  # also releases the advisory lock
+        raise
+    await connection.close()
+    return applied
+
+
+# ------------------------------------------------------- the Trio side
+
+
+async def _run(loop: Any, fn: Callable[..., Awaitable[T]], *args: object) -> T:
+    """`await fn(*args)` on the asyncio loop `loop`, from Trio."""
+    result: T = await trio_asyncio.aio_as_trio(fn, loop=loop)(*args)
+    return result
+
+
+@asynccontextmanager
+async def _asyncio_loop() -> AsyncIterator[Any]:
+    """`trio_asyncio.open_loop()`, re-raising the body's own exception unwrapped.
+
+    trio-asyncio wraps whatever leaves its loop in one exception group per
+    internal nursery. When the group holds nothing but the exception that
+    left our body, that exception is re-raised as it was, so callers see
+    `StoreUnavailable` (or their own error) plainly.
+    """
+    escaped: BaseException | None = None
+    try:
+        async with trio_asyncio.open_loop() as loop:
+            try:
+                yield loop
+            except BaseException as exc:
+                escaped = exc
+                raise
+    except BaseExceptionGroup as group:
+        if escaped is not None and _only_wraps(group, escaped):
+            _reraise(escaped)
+        raise
+
+
+async def _close_pool(loop: Any, pool: Pool) -> None:
+    """Close `pool` gracefully, shielded and within `POOL_CLOSE_TIMEOUT`; else terminate it."""
+    with trio.move_on_after(POOL_CLOSE_TIMEOUT, shield=True):
+        try:
+            await _run(loop, pool.close)
+        except Exception as exc:
+            if not _is_transient(exc):
+                raise
+        else:
+            return
+    # Closing timed out or the connections broke: drop them (a no-op when
+    # asyncpg already terminated the pool after a cancelled close).
+    with trio.CancelScope(shield=True):
+        await _run(loop, _aio_terminate, pool)
+
+
+# ------------------------------------------------------- errors
+
+# Operator intervention (server shutting down, or a query cancelled by an
+# administrator), too many connections, serialization failure, deadlock.
+_TRANSIENT_SQLSTATES: Final = frozenset({"57P01", "57P02", "57P03", "57014", "53300", "40001", "40P01"})
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """Whether retrying the same call later may succeed."""
+    if isinstance(exc, OSError):  # includes TimeoutError (asyncio's too) from connect/command timeouts
+        return True
+    if isinstance(exc, asyncpg.PostgresError):
+        sqlstate = exc.sqlstate or ""
+        return sqlstate.startswith("08") or sqlstate in _TRANSIENT_SQLSTATES
+    if isinstance(exc, asyncpg.InterfaceError):
+        # asyncpg's client-side errors are misuse (bugs) except this one.
+        return "connection is closed" in str(exc)
+    if isinstance(exc, asyncpg.exceptions.InternalClientError):
+        # A connection the server has just terminated (e.g. pg_terminate_backend)
+        # can fail its next query this way instead of as "connection is closed"
+        # (MagicStack/asyncpg#784, #1069). We never share a connection between
+        # calls, so the state clash can only be that dead connection; the pool
+        # drops it on release, closed by then (test_lost_connections_are_replaced).
+        return str(exc).startswith("cannot switch to state")
+    return False
+
+
+def _is_rejected_data(exc: BaseException) -> bool:
+    """A data exception (class 22, including asyncpg's own argument encoding
+    errors) or an integrity constraint violation (class 23)."""
+    return isinstance(exc, asyncpg.PostgresError) and (exc.sqlstate or "")[:2] in {"22", "23"}
+
+
+@contextmanager
+def store_errors(*, rejectable: bool = False) -> Iterator[None]:
+    """Translate what leaves the block: transient -> StoreUnavailable, data -> WriteRejected.
+
+    Args:
+        rejectable: translate data errors too (for `write` only: elsewhere a
+            data error is a bug of ours).
+    """
+    try:
+        yield
+    except Exception as raised:
+        exc = _sole_leaf(raised)
+        if rejectable and _is_rejected_data(exc):
+            raise WriteRejected(f"PostgreSQL rejected the batch: {describe(exc)}") from exc
+        if _is_transient(exc):
+            raise StoreUnavailable(f"PostgreSQL is unavailable: {describe(exc)}") from exc
+        raise
+
+
+def _sole_leaf(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _only_wraps(group: BaseException, target: BaseException) -> bool:
+    """Whether `group` is a chain of one-member groups ending at `target`."""
+    while group is not target and isinstance(group, BaseExceptionGroup) and len(group.exceptions) == 1:
+        group = group.exceptions[0]
+    return group is target
+
+
+def _reraise(exc: BaseException) -> NoReturn:
+    """`raise exc`, keeping its own `__context__` (not the group being handled)."""
+    context = exc.__context__
+    try:
+        raise exc
+    finally:
+        exc.__context__ = context
+        del exc, context
+
+
+def describe(exc: BaseException) -> str:
+    sqlstate = getattr(exc, "sqlstate", None)
+    return f"{type(exc).__name__}{f' [{sqlstate}]' if sqlstate else ''}: {exc}"

@@ -1,0 +1,143 @@
+"""The SQL text of `PostgresStore`: every statement it runs, as constants.
+
+Every value reaches PostgreSQL as a bind parameter (`$1`, `$2`, ...); no
+text here is built from input. The `list` variants are built once, at
+import, from constant fragments. This module, the bridge and the admin
+helpers are the only places in the package that hold SQL.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Final
+
+# The columns of `sessions`, in the order of `Session`'s fields.
+SESSION_COLUMNS: Final = (
+    "id, user_id, agent, chat_id, title, state, metadata, notes, is_active, message_count,"
+    " created_at, updated_at, last_activity, expires_at, ended_at, end_reason, version, timeout"
+)
+
+# One statement upserts a whole batch: one array per column, unnested into rows.
+# The WHERE of DO UPDATE is the version guard that makes retries and stale
+# writers harmless (a row only ever moves to a newer version).
+UPSERT_SESSIONS: Final = f"""
+INSERT INTO sessions ({SESSION_COLUMNS})
+SELECT id, user_id, agent, chat_id, title, state, metadata::jsonb, notes::jsonb, is_active,
+       message_count, created_at, updated_at, last_activity, expires_at, ended_at, end_reason,
+       version, timeout
+FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+            $8::text[], $9::boolean[], $10::integer[], $11::timestamptz[], $12::timestamptz[],
+            $13::timestamptz[], $14::timestamptz[], $15::timestamptz[], $16::text[], $17::bigint[],
+            $18::float8[])
+     AS row ({SESSION_COLUMNS})
+ON CONFLICT (id) DO UPDATE SET
+    user_id = EXCLUDED.user_id, agent = EXCLUDED.agent, chat_id = EXCLUDED.chat_id,
+    title = EXCLUDED.title, state = EXCLUDED.state, metadata = EXCLUDED.metadata,
+    notes = EXCLUDED.notes, is_active = EXCLUDED.is_active,
+    message_count = EXCLUDED.message_count, created_at = EXCLUDED.created_at,
+    updated_at = EXCLUDED.updated_at, last_activity = EXCLUDED.last_activity,
+    expires_at = EXCLUDED.expires_at, ended_at = EXCLUDED.ended_at,
+    end_reason = EXCLUDED.end_reason, version = EXCLUDED.version, timeout = EXCLUDED.timeout
+WHERE sessions.version < EXCLUDED.version
+"""
+
+# Rows changed only by activity (WriteBatch.touched): five columns, not
+# eighteen, under the same version guard; a row not stored stays missing.
+# Touched rows come from activity alone, so `updated_at` is `last_activity`
+# (WriteBatch), and `expires_at` comes as the microseconds after it: an
+# integer times a microsecond is exact in PostgreSQL (below 2**53, and the
+# longest timeout is 2**45 us), and time-only intervals add the same in every
+# time zone. asyncpg encodes an integer in a quarter of a timestamp's time.
+TOUCH_SESSIONS: Final = """
+UPDATE sessions AS s
+SET last_activity = t.last_activity, updated_at = t.last_activity,
+    expires_at = t.last_activity + t.expires_in * INTERVAL '1 microsecond',
+    version = t.version, message_count = t.message_count
+FROM unnest($1::uuid[], $2::timestamptz[], $3::bigint[], $4::bigint[], $5::integer[])
+     AS t (id, last_activity, expires_in, version, message_count)
+WHERE s.id = t.id AND s.version < t.version
+"""
+
+# A retried append finds its (session_id, seq) stored and is skipped; of two
+# copies in one batch the first is kept (test_message_appends_are_idempotent).
+INSERT_MESSAGES: Final = """
+INSERT INTO session_messages (session_id, seq, role, content, created_at)
+SELECT * FROM unnest($1::uuid[], $2::integer[], $3::text[], $4::text[], $5::timestamptz[])
+ON CONFLICT (session_id, seq) DO NOTHING
+"""
+
+DELETE_MESSAGES: Final = "DELETE FROM session_messages WHERE session_id = ANY($1::uuid[])"
+DELETE_SESSIONS: Final = "DELETE FROM sessions WHERE id = ANY($1::uuid[])"
+
+# A session's row and its newest $2 messages in one statement: one round trip,
+# and one snapshot (a single statement sees one), so the messages match the
+# row even while a flush commits. The messages come as four arrays, oldest
+# first (NULL when there are none), which asyncpg decodes in C: cheaper than
+# a row per message repeating the session's columns, or JSON.
+LOAD_SESSION: Final = f"""
+SELECT {", ".join(f"s.{column.strip()}" for column in SESSION_COLUMNS.split(","))},
+       m.seqs, m.roles, m.contents, m.created
+FROM sessions AS s CROSS JOIN LATERAL (
+    SELECT array_agg(seq ORDER BY seq) AS seqs, array_agg(role ORDER BY seq) AS roles,
+           array_agg(content ORDER BY seq) AS contents, array_agg(created_at ORDER BY seq) AS created
+    FROM (SELECT seq, role, content, created_at FROM session_messages
+          WHERE session_id = s.id ORDER BY seq DESC LIMIT $2) AS newest
+) AS m
+WHERE s.id = $1
+"""
+
+LOAD_SESSIONS: Final = f"SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ANY($1::uuid[])"
+
+NEWEST_MESSAGES_UP_TO: Final = """
+SELECT seq, role, content, created_at FROM session_messages
+WHERE session_id = $1 AND seq <= $2 ORDER BY seq DESC LIMIT $3
+"""
+
+# extract() gives the exact numeric number of seconds (PostgreSQL 14 and later);
+# its cast to float8 rounds correctly, as Python's datetime.timestamp() does,
+# so the two are equal (test_live_deadlines_are_exact_timestamps).
+LIVE_DEADLINES: Final = """
+SELECT id, extract(epoch FROM expires_at)::float8 FROM sessions WHERE is_active ORDER BY expires_at
+"""
+
+HEALTH_CHECK: Final = "SELECT 1"
+
+CREATE_SCHEMA_MIGRATIONS: Final = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    name       text        PRIMARY KEY,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+APPLIED_MIGRATIONS: Final = "SELECT name FROM schema_migrations"
+RECORD_MIGRATION: Final = "INSERT INTO schema_migrations (name) VALUES ($1)"
+TERMINATE_CONNECTIONS: Final = """
+SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+WHERE datname = $1 AND pid <> pg_backend_pid()
+"""
+LOCK_MIGRATIONS: Final = "SELECT pg_advisory_lock($1)"
+UNLOCK_MIGRATIONS: Final = "SELECT pg_advisory_unlock($1)"
+
+# The optional equality filters of `list`, in `ListQuery` order; `after` and
+# the limit follow them.
+LIST_FILTERS: Final = ("user_id = ${}", "agent = ${}", "chat_id = ${}", "is_active = ${}")
+
+
+def list_sql(present: tuple[bool, ...]) -> str:
+    """The `list` query for one combination of present filters (run at import only)."""
+    conditions = []
+    count = 0
+    for template, on in zip(LIST_FILTERS, present[:4], strict=True):
+        if on:
+            count += 1
+            conditions.append(template.format(count))
+    if present[4]:  # keyset pagination: strictly after the last row of the previous page
+        conditions.append(f"(created_at, id) < (${count + 1}, ${count + 2})")
+        count += 2
+    where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+    return (f"SELECT {SESSION_COLUMNS} FROM sessions{where}"
+            f" ORDER BY created_at DESC, id DESC LIMIT ${count + 1}")
+
+
+# Keyed by (user_id, agent, chat_id, active, after) "is given": 32 constant texts.
+LIST_SQL: Final = {present: list_sql(present)
+                    for present in itertools.product((False, True), repeat=5)}

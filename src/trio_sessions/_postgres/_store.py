@@ -1,0 +1,199 @@
+"""`PostgresStore`: the `Store` protocol on PostgreSQL.
+
+Which statement answers which call, and how its rows become snapshots. The
+statements are in `_sql`, the encoding in `_rows`; running them from Trio
+is the bridge's job (`_bridge`), imported only when a store connects, so
+that `import trio_sessions` does not load asyncpg.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+from uuid import UUID
+
+import trio
+
+from .._config import RuntimeConfig
+from .._migrations import load_migrations
+from .._model import Message, Session, check_text
+from .._store import ListQuery, WriteBatch
+from . import _rows as rows
+from . import _sql as sql
+from ._admin import redact
+
+if TYPE_CHECKING:
+    from ._bridge import Database, Statement
+
+R = TypeVar("R")
+
+#: Rows per statement of a write: ~4 ms of encoding full rows (see `_statements`).
+ROWS_PER_STATEMENT: Final = 500
+
+
+class PostgresStore:
+    """A `Store` on PostgreSQL: the system of record of trio-sessions.
+
+    It behaves exactly like `MemoryStore` (the same contract tests run on
+    both). Use it inside `async with store.connect():`, which opens the
+    connection pool and applies the schema migrations; calls outside it raise
+    `RuntimeError`. A store object can connect again after it has closed,
+    but not twice at once.
+
+    Every call is a Trio checkpoint. Cancelling a call cancels its query; a
+    cancelled `write` rolls back (or, if the commit was already under way,
+    may have committed: writes are idempotent, so retrying is safe).
+
+    Args:
+        url: an asyncpg connection URL, e.g. `postgresql://user@host/db` or
+            `postgresql://postgres:@/postgres?host=/path/to/socket/dir`.
+        config: the pool settings (`pool_min`, `pool_max`, `connect_timeout`,
+            `command_timeout`, `max_inactive_connection_lifetime`); defaults
+            when None.
+    """
+
+    def __init__(self, url: str, config: RuntimeConfig | None = None) -> None:
+        self._url = check_text("url", url, max_chars=4096)
+        self._config = RuntimeConfig() if config is None else config
+        self._in_use = False
+        self._db: Database | None = None
+
+    def __repr__(self) -> str:
+        return f"<PostgresStore {redact(self._url)} {'connected' if self._db else 'closed'}>"
+
+    @asynccontextmanager
+    async def connect(self) -> AsyncIterator[None]:
+        """Open the pool and apply pending migrations; close the pool on exit.
+
+        Entering blocks until the pool's first `pool_min` connections are open
+        and the schema is current. Leaving closes the pool, shielded from
+        cancellation, within a few seconds; after that the connections are
+        dropped. An exception raised by the body comes out as it was raised
+        (not wrapped in trio-asyncio's exception groups).
+
+        Raises:
+            StoreUnavailable: the server cannot be reached (on entry).
+            RuntimeError: the store is already connected.
+        """
+        if self._in_use:
+            raise RuntimeError("this PostgresStore is already connected; make one store per runtime")
+        self._in_use = True
+        try:
+            from ._bridge import open_database  # loads asyncpg: only once PostgreSQL is used
+
+            async with open_database(self._url, self._config, load_migrations()) as db:
+                self._db = db
+                try:
+                    yield
+                finally:
+                    self._db = None
+        finally:
+            self._in_use = False
+
+    async def load(self, session_id: UUID, *, messages: int) -> tuple[Session, tuple[Message, ...]] | None:
+        """The stored session and its newest `messages` messages, oldest first.
+
+        One statement, so one round trip and one snapshot: the messages match
+        the row even while another writer commits.
+        Returns None when no such session is stored.
+        """
+        row = await self._connected().fetchrow(sql.LOAD_SESSION, session_id, messages)
+        if row is None:
+            return None
+        seqs = row[18]
+        loaded = () if seqs is None else tuple(map(Message, seqs, row[19], row[20], row[21]))
+        return rows.session_from_row(row), loaded
+
+    async def load_sessions(self, session_ids: Sequence[UUID]) -> dict[UUID, Session]:
+        """The stored rows (without messages) of those of `session_ids` that exist, in one statement."""
+        if not session_ids:
+            await trio.lowlevel.checkpoint()
+            return {}
+        found = await self._connected().fetch(sql.LOAD_SESSIONS, list(session_ids))
+        return {row[0]: rows.session_from_row(row) for row in found}
+
+    async def load_messages(self, session_id: UUID, *, limit: int, up_to_seq: int) -> tuple[Message, ...]:
+        """The newest `limit` messages with `seq <= up_to_seq`, oldest first."""
+        found = await self._connected().fetch(sql.NEWEST_MESSAGES_UP_TO, session_id, up_to_seq, limit)
+        return rows.messages_from_rows(found)
+
+    async def live_deadlines(self) -> list[tuple[UUID, float]]:
+        """`(id, expires_at.timestamp())` of every active session, by `expires_at`."""
+        found = await self._connected().fetch(sql.LIVE_DEADLINES)
+        return [tuple(row) for row in found]  # (uuid, float8): see the SQL
+
+    async def write(self, batch: WriteBatch) -> None:
+        """Apply one batch in one transaction (see `WriteBatch`).
+
+        Five kinds of statement run, each over many rows: the session
+        upsert, the activity update of touched rows, the message appends,
+        and the deletes of messages and rows. Rows are written in id order,
+        so two stores writing overlapping batches lock rows in the same order
+        instead of deadlocking.
+
+        Raises:
+            WriteRejected: PostgreSQL refused the data (SQLSTATE class 22 or
+                23, e.g. a NUL character); nothing of the batch was written.
+            StoreUnavailable: a transient failure; the batch may be retried.
+        """
+        db = self._connected()
+        if not len(batch):
+            await trio.lowlevel.checkpoint()
+            return
+        await db.transaction(_statements(batch))
+
+    async def list(self, query: ListQuery) -> list[Session]:
+        """Up to `query.limit` sessions matching the filters, newest first.
+
+        Order is `(created_at, id)` descending; `query.after` is the
+        `(created_at, id)` of the last session of the previous page.
+        """
+        present = (query.user_id is not None, query.agent is not None, query.chat_id is not None,
+                   query.active is not None, query.after is not None)
+        args: list[object] = [value for value in (query.user_id, query.agent, query.chat_id, query.active)
+                              if value is not None]
+        if query.after is not None:
+            args.extend(query.after)
+        args.append(query.limit)
+        found = await self._connected().fetch(sql.LIST_SQL[present], *args)
+        return [rows.session_from_row(row) for row in found]
+
+    async def health_check(self) -> None:
+        """Return when PostgreSQL answers `SELECT 1`.
+
+        Raises:
+            StoreUnavailable: any failure, transient or not.
+        """
+        await self._connected().health_check()
+
+    def _connected(self) -> Database:
+        if self._db is None:
+            raise RuntimeError(
+                "PostgresStore is not connected: use it inside `async with store.connect():`"
+                " (did you forget open_runtime()?)")
+        return self._db
+
+
+def _statements(batch: WriteBatch) -> Iterator[Statement]:
+    """The statements of one batch, in the same order as `MemoryStore.write`:
+    rows, then messages, then deletes.
+
+    Each statement takes at most `ROWS_PER_STATEMENT` rows, its arrays built
+    just before it runs (the generator is consumed between executions):
+    encoding holds the event loop (Trio's, that is), and a whole batch of
+    full rows would hold it ~15 ms (benchmarks/s5).
+    """
+    yield from _in_parts(sql.UPSERT_SESSIONS, rows.session_columns, rows.by_id(batch.sessions))
+    yield from _in_parts(sql.TOUCH_SESSIONS, rows.touched_columns, rows.by_id(batch.touched))
+    yield from _in_parts(sql.INSERT_MESSAGES, rows.message_columns, batch.messages)
+    if batch.deletes:
+        deletes = sorted(batch.deletes)
+        yield sql.DELETE_MESSAGES, (deletes,)
+        yield sql.DELETE_SESSIONS, (deletes,)
+
+
+def _in_parts(statement: str, columns: Callable[[Sequence[R]], list[Sequence[Any]]], items: Sequence[R]
+              ) -> Iterator[Statement]:
+    for start in range(0, len(items), ROWS_PER_STATEMENT):
+        yield statement, columns(items[start:start + ROWS_PER_STATEMENT])
