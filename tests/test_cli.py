@@ -11,16 +11,8 @@ import pytest
 from loguru import logger
 
 from trio_sessions import RuntimeConfig, open_runtime
-from trio_sessions._cli import (
-    DemoOptions,
-    Ledger,
-    _is_interrupt,
-    check_store,
-    main,
-    parse_args,
-    run_demo,
-    run_migrate,
-)
+from trio_sessions._cli import _is_interrupt, main, parse_args, run_migrate
+from trio_sessions._demo import DemoOptions, Ledger, check_store, run_demo
 from trio_sessions._model import Message
 
 
