@@ -69,7 +69,7 @@ async def _outcome(call: Callable[[], Awaitable[Any]]) -> str:
     try:
         await call()
     except StoreUnavailable as exc:
-        return str(exc)
+        return str(exc)  # noqa: ASYNC910  the call checkpointed before it returned
     return "ok"
 
 
@@ -123,7 +123,7 @@ async def test_an_open_ended_outage_never_ends(autojump_clock: MockClock) -> Non
 # --------------------------------------------------------- transient failures
 
 
-async def test_failure_rate_zero_never_fails(autojump_clock: MockClock) -> None:
+async def test_failure_rate_zero_never_fails(autojump_clock: MockClock) -> None:  # noqa: ASYNC910  every store call in the loop checkpoints
     store = FaultyStore(MemoryStore(), seed=3, failure_rate=0.0)
     for _ in range(50):
         for call in _every_call(store):
@@ -169,7 +169,7 @@ async def _script(store: FaultyStore) -> list[tuple[str, float]]:
             outcome = await _outcome(call)
             # Rounded: the same latency, added to different start times, differs in the last bits.
             results.append((outcome, round(trio.current_time() - started, 9)))
-    return results
+    return results  # noqa: ASYNC910  every call in the loop checkpoints
 
 
 async def test_the_same_seed_gives_the_same_faults(autojump_clock: MockClock) -> None:
@@ -212,7 +212,7 @@ async def test_an_unknown_commit_is_committed_and_raises(autojump_clock: MockClo
     assert store.statistics() == FaultStatistics(calls=4, failures=0, unknown_commits=4)
 
 
-async def test_unknown_commits_are_for_writes_only(autojump_clock: MockClock) -> None:
+async def test_unknown_commits_are_for_writes_only(autojump_clock: MockClock) -> None:  # noqa: ASYNC910  every call in the loop checkpoints
     store = FaultyStore(MemoryStore(), unknown_commit_rate=1.0)
     for call in _every_call(store)[:-1]:  # all but the write
         assert await _outcome(call) == "ok"
@@ -370,7 +370,7 @@ async def _worker(rt: SessionRuntime, model: _Acknowledged, rng: random.Random, 
     model.saw(await _until_applied(rt.end, last, reason="done"))
 
 
-async def _assert_store_holds(inner: MemoryStore, model: _Acknowledged) -> None:
+async def _assert_store_holds(inner: MemoryStore, model: _Acknowledged) -> None:  # noqa: ASYNC910  every load in the loop checkpoints
     """Every session's newest acknowledged snapshot is the stored row; messages are 1..n."""
     for session_id, acknowledged in model.sessions.items():
         loaded = await inner.load(session_id, messages=10_000)

@@ -121,7 +121,7 @@ class HeldStore(MemoryStore):
         self.held: list[tuple[WriteBatch, trio.Event]] = []
         self.writing: set[object] = set()  # sessions of the writes under way
 
-    async def hold(self, batch: WriteBatch) -> None:
+    async def hold(self, batch: WriteBatch) -> None:  # noqa: ASYNC910  the test store's write checkpoints after it
         ids = set(batch.session_ids())
         assert not ids & self.writing, "two writes under way share a session"
         self.writing |= ids

@@ -102,7 +102,7 @@ class Retry:
             down = False
             while (left := until - trio.current_time()) > PROBE_INTERVAL:
                 await trio.sleep(PROBE_INTERVAL)
-                with trio.move_on_after(left - PROBE_INTERVAL):  # a probe that hangs is no answer
+                with trio.move_on_after(left - PROBE_INTERVAL):  # noqa: ASYNC912  a probe that hangs is no answer; every store call checkpoints
                     try:
                         await probe()
                     except StoreUnavailable:

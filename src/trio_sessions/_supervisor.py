@@ -313,7 +313,7 @@ class Supervisor:
     async def health(self, probe_timeout: float) -> Health:
         """Probe the store (at most `probe_timeout` seconds) and read the write-behind's state."""
         reachable = False
-        with trio.move_on_after(probe_timeout):
+        with trio.move_on_after(probe_timeout):  # noqa: ASYNC912  every store call checkpoints
             try:
                 await self.reads.probe()
             except StoreUnavailable:
@@ -321,7 +321,7 @@ class Supervisor:
             else:
                 reachable = True
         writebehind = self.writebehind
-        return Health(
+        return Health(  # noqa: ASYNC910  the probe checkpoints
             store_reachable=reachable, oldest_pending_age=writebehind.oldest_age(),
             pending_writes=writebehind.size, max_pending=self.config.max_pending,
             consecutive_flush_failures=self.retry.write_failures, last_error=self.retry.last_error)

@@ -224,7 +224,7 @@ async def _aio_transaction(pool: Pool, statements: Iterable[Statement]) -> None:
             await connection.execute(statement, *args)
 
 
-async def _aio_terminate(pool: Pool) -> None:
+async def _aio_terminate(pool: Pool) -> None:  # noqa: ASYNC910  runs on the asyncio side
     pool.terminate()
 
 
@@ -291,7 +291,7 @@ async def _asyncio_loop() -> AsyncIterator[Any]:
 
 async def _close_pool(loop: Any, pool: Pool) -> None:
     """Close `pool` gracefully, shielded and within `POOL_CLOSE_TIMEOUT`; else terminate it."""
-    with trio.move_on_after(POOL_CLOSE_TIMEOUT, shield=True):
+    with trio.move_on_after(POOL_CLOSE_TIMEOUT, shield=True):  # noqa: ASYNC912  _run awaits the close
         try:
             await _run(loop, pool.close)
         except Exception as exc:
