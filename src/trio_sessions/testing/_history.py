@@ -17,7 +17,18 @@ A call's instant is not free: a result with a timestamp (`last_activity`,
 `updated_at`, `ended_at`) says when it took effect, and that must lie inside
 the call's window. Results that carry no time (reads, errors) depend on time
 only through the session's deadline, so trying the window's ends and the
-deadline covers every answer the model can give.
+deadline covers every answer the model can give. A cancelled call (no
+answer) may have taken effect at any instant after its invocation; what it
+did shows only in later answers, so every instant the session's answers show
+is tried too. Along an order, instants never decrease: a call placed after
+another takes effect no earlier than it (the search carries the last
+instant, and the memo key includes it).
+
+Errors are compared by type and what they say: `VersionConflict`'s versions,
+`SessionInactive`'s `end_reason` ("expired" is not "resolved").
+
+`tests/test_checker.py` keeps this search in agreement with a naive
+exhaustive one over many small recorded histories, corrupted and not.
 """
 
 from __future__ import annotations
@@ -34,7 +45,7 @@ import trio
 from .._clock import Clock
 from .._config import RuntimeConfig
 from .._errors import InvalidArgument, Overloaded, RuntimeClosed, SessionError, StoreUnavailable
-from .._model import Session, check_session_id
+from .._model import Message, Session, check_session_id
 from ._calls import AddNote, AppendMessage, Call, Context, Create, Delete, End, Get, Touch, Update, describe
 from ._reference import ABSENT, ModelState, apply, deadline, same_outcome
 
@@ -276,7 +287,12 @@ _NO_ID: Final = UUID(int=0)
 
 
 class _SessionSearch:
-    """Depth-first search for a linearization of one session's calls."""
+    """Depth-first search for a linearization of one session's calls.
+
+    A node of the search is (calls placed, model state, time): the time is
+    the instant of the last call placed, and the next one may not take
+    effect before it, so an order never runs time backwards.
+    """
 
     def __init__(self, operations: list[Operation], initial: ModelState, config: RuntimeConfig,
                  clock: Clock) -> None:
@@ -285,40 +301,48 @@ class _SessionSearch:
         self.config = config
         self.clock = clock
         self.explored = 0
-        self.deepest: tuple[int, ModelState, list[int]] = (0, initial, [])
+        self.deepest: tuple[int, ModelState, float, list[int]] = (0, initial, -math.inf, [])
+        # Every instant the session's answers show: a cancelled call may have
+        # taken effect at any of them (the one a later answer reveals).
+        shown: set[float] = set()
+        for operation in self.operations:
+            shown.update(_instants_shown(operation.outcome, clock))
+        self.shown = sorted(shown)
 
     def run(self) -> ModelState | None:
         n = len(self.operations)
         everything = (1 << n) - 1
-        seen: set[tuple[int, ModelState]] = set()
-        # Each frame: (placed mask, state, order of placed ops, candidate iterator)
-        stack: list[tuple[int, ModelState, list[int], Iterator[tuple[int, ModelState]]]] = [
-            (0, self.initial, [], self._moves(0, self.initial))]
+        seen: set[tuple[int, ModelState, float]] = set()
+        start = -math.inf
+        # Each frame: (placed mask, state, time, order of placed ops, candidate iterator)
+        stack: list[tuple[int, ModelState, float, list[int], Iterator[tuple[int, ModelState, float]]]] = [
+            (0, self.initial, start, [], self._moves(0, self.initial, start))]
         while stack:
-            placed, state, order, moves = stack[-1]
+            placed, state, _, order, moves = stack[-1]
             if placed == everything:
                 return state
             step = next(moves, None)
             if step is None:
                 stack.pop()
                 continue
-            index, new_state = step
-            key = (placed | (1 << index), new_state)
+            index, new_state, new_now = step
+            key = (placed | (1 << index), new_state, new_now)
             if key in seen:
                 continue
             seen.add(key)
             self.explored += 1
             new_order = [*order, index]
             if len(new_order) > self.deepest[0]:
-                self.deepest = (len(new_order), new_state, new_order)
-            stack.append((key[0], new_state, new_order, self._moves(key[0], new_state)))
+                self.deepest = (len(new_order), new_state, new_now, new_order)
+            stack.append((key[0], new_state, new_now, new_order, self._moves(key[0], new_state, new_now)))
         return None
 
-    def _moves(self, placed: int, state: ModelState) -> Iterator[tuple[int, ModelState]]:
-        """Calls that may take effect next, with each state they may lead to."""
+    def _moves(self, placed: int, state: ModelState, now: float,
+               ) -> Iterator[tuple[int, ModelState, float]]:
+        """Calls that may take effect next, with each (state, time) they may lead to."""
         for index in self._candidates(placed):
-            for new_state in self.successors(state, self.operations[index]):
-                yield index, new_state
+            for new_state, at in self.successors(state, self.operations[index], now):
+                yield index, new_state, at
 
     def _candidates(self, placed: int) -> list[int]:
         """Calls not yet placed that no other unplaced call returned before (in invocation order)."""
@@ -334,54 +358,80 @@ class _SessionSearch:
         except SessionError as exc:
             return state, exc
 
-    def successors(self, state: ModelState, operation: Operation) -> list[ModelState]:
-        """The states after `operation` that agree with its recorded answer."""
+    def successors(self, state: ModelState, operation: Operation,
+                   now: float) -> list[tuple[ModelState, float]]:
+        """The (state, time) pairs after `operation`, placed no earlier than `now`, that agree
+        with its recorded answer."""
         if operation.answered and isinstance(operation.outcome, NOT_APPLIED):
-            return [state]
-        found: list[ModelState] = []
+            return [(state, now)]  # certainly not applied: takes no time either
+        found: list[tuple[ModelState, float]] = []
         if not operation.answered:
-            found.append(state)  # cancelled: maybe it never took effect
-        for now in self.instants(state, operation):
-            new_state, result = self._apply(state, operation, now)
+            found.append((state, now))  # cancelled: maybe it never took effect
+        for at in self.instants(state, operation, now):
+            new_state, result = self._apply(state, operation, at)
+            step = (new_state, max(now, at))
             if (not operation.answered or same_outcome(result, operation.outcome)) \
-                    and new_state not in found:
-                found.append(new_state)
+                    and step not in found:
+                found.append(step)
         return found
 
-    def instants(self, state: ModelState, operation: Operation) -> list[float]:
-        low, high = operation.window()
-        candidates = [low]
-        due = deadline(state, self.clock)
-        if due is not None and low < due <= high:
-            candidates.append(due)
-        outcome = operation.outcome
-        if isinstance(outcome, Session):
-            for stamp in (outcome.last_activity, outcome.updated_at, outcome.ended_at,
-                          outcome.created_at):
-                if stamp is not None:
-                    at = self.clock.to_trio(stamp)
-                    if low - TIME_SLACK <= at <= high + TIME_SLACK:
-                        candidates.append(at)
-        if high != math.inf:
-            candidates.append(high)
+    def instants(self, state: ModelState, operation: Operation, now: float = -math.inf) -> list[float]:
+        """The instants worth trying for `operation`, none before `now` (the previous call's).
+
+        The model's answer depends on time only through the snapshot's own
+        timestamps and the session's deadline: the earliest instant of the
+        window, the deadline and the timestamps of the answer cover every
+        answer it can give. A cancelled call's change shows (if at all) in
+        later answers, so every instant the session's answers show is tried.
+        """
+        invoked, high = operation.window()
+        low = max(invoked, now)
+        candidates = []
+        if low <= high + TIME_SLACK:  # the previous instant, read from a timestamp, may be a hair late
+            low = min(low, high)
+            candidates.append(low)
+            due = deadline(state, self.clock)
+            if due is not None and low < due <= high:
+                candidates.append(due)
+            if high != math.inf:
+                candidates.append(high)
+        stamps = _instants_shown(operation.outcome, self.clock) if operation.answered else self.shown
+        for at in stamps:
+            # A timestamp holds microseconds: it may read back a hair off the instant.
+            if invoked - TIME_SLACK <= at <= high + TIME_SLACK and at >= now - TIME_SLACK:
+                candidates.append(at)
         return sorted(set(candidates))
 
     def counterexample(self, session_id: UUID) -> str:
-        depth, state, order = self.deepest
+        depth, state, now, order = self.deepest
         lines = [f"session {session_id}: no order of its {len(self.operations)} calls explains "
                  "every answer (Trio times in brackets).", "Calls, by invocation:"]
         lines += [f"  #{i} {op.describe()}" for i, op in enumerate(self.operations)]
         placed = ", ".join(f"#{i}" for i in order) or "none"
         lines.append(f"Longest explained prefix ({depth} calls): {placed}")
-        lines.append(f"Model state there: {_describe_state(state)}")
+        at = "" if now == -math.inf else f" (at {now:.6f})"
+        lines.append(f"Model state there{at}: {_describe_state(state)}")
         for index in self._candidates(sum(1 << i for i in order)):
             operation = self.operations[index]
-            answers = [f"at {now:.6f}: {_describe_outcome(self._apply(state, operation, now)[1])}"
-                       for now in self.instants(state, operation)]
+            answers = [f"at {t:.6f}: {_describe_outcome(self._apply(state, operation, t)[1])}"
+                       for t in self.instants(state, operation, now)] or [
+                           "nothing: its window closed before that time"]
             lines.append(f"Next could be #{index}, but it answered "
                          f"{_describe_outcome(operation.outcome)}; the model would answer "
                          + "; ".join(answers))
         return "\n".join(lines)
+
+
+def _instants_shown(outcome: Any, clock: Clock) -> list[float]:
+    """The Trio times of the timestamps an answer carries (a snapshot's, or messages')."""
+    if isinstance(outcome, Session):
+        stamps = [outcome.created_at, outcome.updated_at, outcome.last_activity, outcome.ended_at,
+                  *(note.created_at for note in outcome.notes)]
+    elif isinstance(outcome, tuple):
+        stamps = [message.created_at for message in outcome if isinstance(message, Message)]
+    else:
+        return []
+    return [clock.to_trio(stamp) for stamp in stamps if stamp is not None]
 
 
 def _describe_state(state: ModelState) -> str:
