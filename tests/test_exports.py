@@ -44,7 +44,7 @@ def test_every_public_name_is_defined_and_nothing_else_leaks() -> None:
         assert getattr(trio_sessions, name).__name__ == name
     leaked = {name for name in vars(trio_sessions)
               if not name.startswith("_") and name not in PUBLIC}
-    leaked -= {"testing"}  # the subpackage, once imported
+    leaked -= {"testing", "prometheus"}  # the public submodules, once imported
     assert leaked == set()
 
 
@@ -114,3 +114,10 @@ def test_the_testing_kit_exports_what_it_documents() -> None:
                        "run_on_virtual_time"):
         assert documented in kit.__all__
 
+
+
+def test_the_prometheus_module_exports_what_it_documents() -> None:
+    import trio_sessions.prometheus as prometheus
+
+    assert sorted(prometheus.__all__) == ["RuntimeCollector", "register"]
+    assert {m for m in dir(prometheus.RuntimeCollector) if not m.startswith("_")} == {"collect", "describe"}

@@ -104,7 +104,8 @@ def test_only_the_bridge_imports_asyncio() -> None:
 
 def test_importing_the_package_loads_neither_pytest_nor_the_driver() -> None:
     code = ("import sys, trio_sessions; "
-            "print(sorted(m for m in ('pytest', 'trio.testing', 'asyncpg', 'trio_asyncio', 'hypothesis') "
+            "print(sorted(m for m in ('pytest', 'trio.testing', 'asyncpg', 'trio_asyncio', 'hypothesis', "
+            "'prometheus_client') "
             "if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert loaded.stdout.strip() == "[]"

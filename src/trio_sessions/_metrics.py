@@ -5,13 +5,32 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from itertools import accumulate
 from types import MappingProxyType
 from typing import Final
 
+from ._errors import (
+    InvalidArgument,
+    Overloaded,
+    RuntimeClosed,
+    SessionInactive,
+    SessionNotFound,
+    StoreUnavailable,
+    VersionConflict,
+    WriteRejected,
+)
+
 OPERATIONS: Final = (
     "create", "get", "update_last_activity", "update", "append_message", "add_note",
-    "end", "delete", "list", "context", "cleanup", "flush",
+    "end", "delete", "list", "context", "cleanup_old_sessions", "flush",
 )
+
+#: Errors that answer the caller's own request: a bad argument, a session that is not
+#: there (or not the caller's), inactive, or changed meanwhile, a runtime already closed.
+#: The application expects these; they say nothing about the runtime's health.
+CALLER_ERRORS: Final = (InvalidArgument, SessionNotFound, SessionInactive, VersionConflict, RuntimeClosed)
+#: Errors that are the system's: the store unreachable, the runtime overloaded, a row refused.
+SYSTEM_ERRORS: Final = (StoreUnavailable, Overloaded, WriteRejected)
 
 # Log-linear buckets (as in HdrHistogram): each power of two of microseconds
 # is split into 16 equal buckets, so a bucket is at most 1/16 of its value wide.
@@ -21,21 +40,41 @@ _BUCKETS: Final = _OCTAVES * _STEPS_PER_OCTAVE
 _frexp: Final = math.frexp
 
 
-class LatencyHistogram:
-    """Counts latencies in log-spaced buckets; quantiles are accurate to a bucket's width."""
+def _lower_edge(index: int) -> float:
+    """The lowest latency, in seconds, that bucket `index` counts."""
+    octave, step = divmod(index, _STEPS_PER_OCTAVE)
+    return math.ldexp(0.5 + step / (2 * _STEPS_PER_OCTAVE), octave) / 1e6
 
-    __slots__ = ("_buckets", "count", "errors", "max")
+
+#: The upper bounds of the cumulative buckets a histogram exports (`LatencyHistogram.cumulative`):
+#: 25 us doubling up to 26.2 s. Each is a lower edge of the log-linear buckets
+#: (25 us * 2**n is 2**(n+4) us * 25/16), so each count is exact, not interpolated.
+EXPORT_BOUNDS: Final = tuple(25e-6 * 2**n for n in range(21))
+_EXPORT_INDEXES: Final = tuple(
+    (n + 5) * _STEPS_PER_OCTAVE + 9 for n in range(len(EXPORT_BOUNDS)))
+assert all(math.isclose(_lower_edge(i), b) for i, b in zip(_EXPORT_INDEXES, EXPORT_BOUNDS, strict=True))
+
+
+class LatencyHistogram:
+    """Counts latencies in log-spaced buckets; quantiles are accurate to a bucket's width.
+
+    Recording is O(1) (one bucket, a sum, a maximum); whatever is derived
+    (quantiles, cumulative buckets, errors by kind) is computed when read.
+    """
+
+    __slots__ = ("_buckets", "count", "errors", "max", "sum")
 
     def __init__(self) -> None:
         self.count = 0
-        self.errors = 0
+        self.sum = 0.0
         self.max = 0.0
+        #: Calls that raised, by exception class (created on the first error).
+        self.errors: dict[type[BaseException], int] = {}
         self._buckets = [0] * _BUCKETS
 
-    def record(self, seconds: float, *, failed: bool = False) -> None:
+    def record(self, seconds: float) -> None:
         self.count += 1
-        if failed:
-            self.errors += 1
+        self.sum += seconds
         if seconds > self.max:
             self.max = seconds
         # frexp is a float's own exponent and mantissa (in [0.5, 1)): no logarithm needed.
@@ -47,6 +86,12 @@ class LatencyHistogram:
             index = _BUCKETS - 1
         self._buckets[index] += 1
 
+    def record_error(self, seconds: float, error: BaseException) -> None:
+        """Record a call that raised `error` (counted by its class)."""
+        self.record(seconds)
+        kind = type(error)
+        self.errors[kind] = self.errors.get(kind, 0) + 1
+
     def quantile(self, q: float) -> float:
         """The upper edge of the bucket holding quantile `q` (never above `max`)."""
         if not self.count:
@@ -56,10 +101,30 @@ class LatencyHistogram:
         for index, n in enumerate(self._buckets):
             seen += n
             if seen >= rank:
-                octave, step = divmod(index, _STEPS_PER_OCTAVE)
-                edge = math.ldexp(0.5 + (step + 1) / (2 * _STEPS_PER_OCTAVE), octave) / 1e6
-                return min(edge, self.max)
+                return min(_lower_edge(index + 1), self.max)
         return self.max  # pragma: no cover - ranks never exceed the count
+
+    def cumulative(self) -> tuple[tuple[float, int], ...]:
+        """(bound, calls faster than bound) for each of `EXPORT_BOUNDS`, then (inf, count)."""
+        below = list(accumulate(self._buckets))
+        return (*((bound, below[index - 1]) for bound, index in zip(EXPORT_BOUNDS, _EXPORT_INDEXES,
+                                                                    strict=True)),
+                (math.inf, self.count))
+
+    def stats(self) -> OperationStats:
+        errors = self.errors
+        by_name: dict[str, int] = {}
+        caller = system = 0
+        for kind, n in errors.items():
+            by_name[kind.__name__] = by_name.get(kind.__name__, 0) + n
+            if issubclass(kind, CALLER_ERRORS):
+                caller += n
+            elif issubclass(kind, SYSTEM_ERRORS):
+                system += n
+        return OperationStats(
+            count=self.count, caller_errors=caller, system_errors=system,
+            errors=MappingProxyType(by_name), sum=self.sum, buckets=self.cumulative(),
+            p50=self.quantile(0.50), p95=self.quantile(0.95), p99=self.quantile(0.99), max=self.max)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +133,18 @@ class OperationStats:
 
     #: Calls completed, successful or not.
     count: int
-    #: Calls that raised.
-    errors: int
+    #: Calls that raised for the caller's own request: `InvalidArgument`, `SessionNotFound`,
+    #: `SessionInactive`, `VersionConflict`, `RuntimeClosed` (answers, not failures of the runtime).
+    caller_errors: int
+    #: Calls the runtime failed: `StoreUnavailable`, `Overloaded`, `WriteRejected`.
+    system_errors: int
+    #: Every call that raised, by exception class name (cancellations count as `Cancelled`).
+    errors: Mapping[str, int]
+    #: Total seconds spent in the calls.
+    sum: float
+    #: Cumulative latency buckets: (upper bound in seconds, calls faster than it), the last
+    #: bound infinite (its count is `count`).
+    buckets: tuple[tuple[float, int], ...]
     #: Latency quantiles and maximum, in seconds.
     p50: float
     p95: float
@@ -89,6 +164,8 @@ class MetricsSnapshot:
     live_sessions: int
     #: Writes acknowledged and not yet committed (sessions, messages and deletes).
     pending_writes: int
+    #: Seconds since the oldest change not yet committed was acknowledged (0 when none is).
+    oldest_pending_age: float
     #: Transactions committed by the flusher, and what they carried.
     flush_batches: int
     flushed_sessions: int
@@ -123,8 +200,4 @@ class Counters:
     backpressure_waits: int = 0
 
     def operations(self) -> Mapping[str, OperationStats]:
-        return MappingProxyType({
-            name: OperationStats(h.count, h.errors, h.quantile(0.50), h.quantile(0.95),
-                                 h.quantile(0.99), h.max)
-            for name, h in self.latency.items()
-        })
+        return MappingProxyType({name: h.stats() for name, h in self.latency.items()})

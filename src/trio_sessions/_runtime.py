@@ -52,8 +52,8 @@ def _measured(name: str) -> Callable[[Callable[Concatenate[SessionRuntime, P], C
             started = time.perf_counter()
             try:
                 result = await fn(runtime, *args, **kwargs)
-            except BaseException:
-                histogram.record(time.perf_counter() - started, failed=True)
+            except BaseException as exc:
+                histogram.record_error(time.perf_counter() - started, exc)
                 raise
             histogram.record(time.perf_counter() - started)
             return result
@@ -319,7 +319,7 @@ class SessionRuntime:
         cursor = _encode_cursor(items[-1]) if len(rows) > limit else None
         return Page(items, cursor)
 
-    @_measured("cleanup")
+    @_measured("cleanup_old_sessions")
     async def cleanup_old_sessions(self) -> int:
         """Expire every session that is due now; returns how many this call expired.
 

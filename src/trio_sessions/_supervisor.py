@@ -331,7 +331,8 @@ class Supervisor:
         return MetricsSnapshot(
             operations=c.operations(), resident=len(self._actors),
             live_sessions=len(self.deadlines), pending_writes=self.writebehind.size,
-            flush_batches=c.flush_batches, flushed_sessions=c.flushed_sessions,
+            oldest_pending_age=self.writebehind.oldest_age(), flush_batches=c.flush_batches,
+            flushed_sessions=c.flushed_sessions,
             flushed_messages=c.flushed_messages, store_errors=c.store_errors, retries=c.retries,
             rejected_rows=c.rejected_rows, expired=c.expired, passivations=c.passivations,
             events_dropped=c.events_dropped, backpressure_waits=c.backpressure_waits)
