@@ -16,7 +16,13 @@ How the bridge works:
   many connections, serialization failure, deadlock, a timeout) raises
   `StoreUnavailable` with the original chained; a data error of a write
   (SQLSTATE class 22 or 23) raises `WriteRejected`; anything else propagates
-  unchanged, because it is a bug.
+  unchanged, because it is a bug. Failures to connect or to migrate are
+  told apart on the asyncio side (`_StartFailed`) and translated by
+  `start_errors`: a configuration that cannot work (a URL the driver cannot
+  parse, a wrong password, an unknown database or role, a missing
+  privilege) raises `ConfigurationError`, an unreachable or silent server
+  `StoreUnavailable`, each naming host, port, database and user (words in
+  `_target`), never the password.
 
 Importing this module loads asyncpg and trio_asyncio, so the rest of the
 package imports it only once PostgreSQL is really used.
@@ -36,6 +42,7 @@ from .._config import RuntimeConfig
 from .._errors import StoreUnavailable, WriteRejected
 from .._migrations import MIGRATION_LOCK_KEY
 from . import _sql as sql
+from . import _target as target
 
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
@@ -117,10 +124,12 @@ async def open_database(url: str, config: RuntimeConfig, migrations: Sequence[tu
     was raised (not wrapped in trio-asyncio's exception groups).
 
     Raises:
+        ConfigurationError: the URL, password, database, role or privileges
+            cannot work.
         StoreUnavailable: the server cannot be reached (on entry).
     """
     async with _asyncio_loop() as loop:
-        with store_errors():
+        with store_errors(), start_errors(url, config.connect_timeout):
             # On a connection of its own, closed before the pool opens: the
             # advisory lock is released by an explicit unlock (or by
             # closing), never left to a pooled connection's reset.
@@ -135,21 +144,21 @@ async def open_database(url: str, config: RuntimeConfig, migrations: Sequence[tu
 async def execute_once(url: str, statement: str) -> None:
     """Run one statement on a connection of its own, in a loop of its own (admin helpers)."""
     async with _asyncio_loop() as loop:
-        with store_errors():
+        with store_errors(), start_errors(url, ADMIN_CONNECT_TIMEOUT):
             await _run(loop, _aio_execute_once, url, statement)
 
 
 async def fetchval_once(url: str, statement: str, *args: object) -> Any:
     """The first value of one statement, on a connection and a loop of its own (admin helpers)."""
     async with _asyncio_loop() as loop:
-        with store_errors():
+        with store_errors(), start_errors(url, ADMIN_CONNECT_TIMEOUT):
             return await _run(loop, _aio_fetchval_once, url, statement, *args)
 
 
 async def migrate(url: str, migrations: Sequence[tuple[str, str]], connect_timeout: float) -> list[str]:
     """Apply the `migrations` the database lacks, in a loop of its own; return their names."""
     async with _asyncio_loop() as loop:
-        with store_errors():
+        with store_errors(), start_errors(url, connect_timeout):
             return await _run(loop, _aio_migrate_url, url, migrations, connect_timeout)
 
 
@@ -157,19 +166,43 @@ async def migrate(url: str, migrations: Sequence[tuple[str, str]], connect_timeo
 # These coroutine functions run on the trio-asyncio loop, called through `_run`.
 
 
+class _StartFailed(Exception):
+    """A connection could not be made (`step` "connect") or the schema not
+    migrated or checked ("migrate"); the driver's error is the cause.
+
+    Raised on the asyncio side, where the step is known, and translated on
+    the Trio side by `start_errors`.
+    """
+
+    def __init__(self, step: str) -> None:
+        super().__init__(step)
+        self.step = step
+
+
+async def _aio_connect(url: str, connect_timeout: float) -> asyncpg.Connection[asyncpg.Record]:
+    try:
+        return await asyncpg.connect(url, timeout=connect_timeout,
+                                     server_settings={"application_name": APPLICATION_NAME})
+    except Exception as exc:
+        raise _StartFailed("connect") from exc
+
+
 async def _aio_create_pool(url: str, config: RuntimeConfig) -> Pool:
     # No type codecs are registered: JSON columns are encoded with json.dumps,
     # sent as text and cast to jsonb in SQL, and read back as text.
-    return await asyncpg.create_pool(
-        url,
-        min_size=config.pool_min,
-        max_size=config.pool_max,
-        max_inactive_connection_lifetime=config.max_inactive_connection_lifetime,
-        timeout=config.connect_timeout,
-        command_timeout=config.command_timeout,
-        server_settings={"application_name": APPLICATION_NAME},
-        reset=_aio_keep_session,
-    )
+    try:
+        return await asyncpg.create_pool(
+            url,
+            min_size=config.pool_min,
+            max_size=config.pool_max,
+            max_inactive_connection_lifetime=config.max_inactive_connection_lifetime,
+            timeout=config.connect_timeout,
+            command_timeout=config.command_timeout,
+            server_settings={"application_name": APPLICATION_NAME},
+            reset=_aio_keep_session,
+        )
+    except Exception as exc:
+        raise _StartFailed("connect") from exc
 
 
 async def _aio_keep_session(connection: asyncpg.Connection[asyncpg.Record]) -> None:
@@ -229,7 +262,7 @@ async def _aio_terminate(pool: Pool) -> None:  # noqa: ASYNC910  runs on the asy
 
 
 async def _aio_execute_once(url: str, statement: str) -> None:
-    connection = await asyncpg.connect(url, timeout=ADMIN_CONNECT_TIMEOUT)
+    connection = await _aio_connect(url, ADMIN_CONNECT_TIMEOUT)
     try:
         await connection.execute(statement)
     finally:
@@ -237,7 +270,7 @@ async def _aio_execute_once(url: str, statement: str) -> None:
 
 
 async def _aio_fetchval_once(url: str, statement: str, *args: object) -> Any:
-    connection = await asyncpg.connect(url, timeout=ADMIN_CONNECT_TIMEOUT)
+    connection = await _aio_connect(url, ADMIN_CONNECT_TIMEOUT)
     try:
         return await connection.fetchval(statement, *args)
     finally:
@@ -246,15 +279,17 @@ async def _aio_fetchval_once(url: str, statement: str, *args: object) -> Any:
 
 async def _aio_migrate_url(url: str, migrations: Sequence[tuple[str, str]], connect_timeout: float
                            ) -> list[str]:
-    connection = await asyncpg.connect(url, timeout=connect_timeout,
-                                       server_settings={"application_name": APPLICATION_NAME})
+    connection = await _aio_connect(url, connect_timeout)
     try:
         applied = await _aio_apply_migrations(connection, migrations)
-    except BaseException:
+    except BaseException as exc:
         connection.terminate()  # also releases the advisory lock
+        if isinstance(exc, asyncpg.PostgresError):
+            raise _StartFailed("migrate") from exc
         raise
     await connection.close()
     return applied
+
 
 
 # ------------------------------------------------------- the Trio side
@@ -355,6 +390,50 @@ def store_errors(*, rejectable: bool = False) -> Iterator[None]:
         if _is_transient(exc):
             raise StoreUnavailable(f"PostgreSQL is unavailable: {describe(exc)}") from exc
         raise
+
+
+@contextmanager
+def start_errors(url: str, connect_timeout: float) -> Iterator[None]:
+    """Translate a failure to connect or to migrate (`_StartFailed`) that leaves the block.
+
+    A configuration that cannot work becomes `ConfigurationError`, an
+    unreachable server `StoreUnavailable`; the driver's error is chained,
+    except when it failed to parse the URL (its message may quote part of the
+    password). A failure of another kind is re-raised as the driver raised it.
+    """
+    try:
+        yield
+        return
+    except Exception as raised:
+        failed = _sole_leaf(raised)
+        if not isinstance(failed, _StartFailed) or not isinstance(failed.__cause__, Exception):
+            raise
+        cause = failed.__cause__
+        error, chained = _start_error(url, connect_timeout, failed.step, cause)
+    # Raised here, outside the `except`, so that nothing of the driver's
+    # error is attached to it but what `chained` says.
+    raise error from chained
+
+
+def _start_error(url: str, connect_timeout: float, step: str, exc: Exception
+                 ) -> tuple[Exception, Exception | None]:
+    """The error to raise for `exc`, raised while `step` ran, and what to chain to it."""
+    if isinstance(exc, asyncpg.PostgresError):
+        sqlstate = exc.sqlstate or ""
+        message = str(getattr(exc, "message", None) or exc).partition("\n")[0]  # without DETAIL, HINT
+        refused = target.rejected(url, sqlstate, message, migrating=step == "migrate")
+        if refused is not None:
+            return refused, exc
+    elif isinstance(exc, ValueError) and step == "connect":
+        # asyncpg's ClientConfigurationError is a ValueError too: the URL (or
+        # an option in it) cannot be parsed. Not chained: "invalid literal for
+        # int() with base 10: '<the password's second half>'".
+        return target.malformed_url(url), None
+    if isinstance(exc, TimeoutError) and step == "connect":
+        return target.unreachable(url, "", connect_timeout, timed_out=True), exc
+    if _is_transient(exc):
+        return target.unreachable(url, describe(exc), connect_timeout, timed_out=False), exc
+    return exc, exc.__cause__ if isinstance(exc.__cause__, Exception) else None
 
 
 def _sole_leaf(exc: BaseException) -> BaseException:
