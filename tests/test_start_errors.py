@@ -7,6 +7,7 @@ host, port, database and user, says what to do, and never holds the password.
 
 from __future__ import annotations
 
+import dataclasses
 import traceback
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 import trio
 
 from trio_sessions import ConfigurationError, RuntimeConfig, StoreUnavailable, open_runtime
+from trio_sessions._migrations import load_migrations
 from trio_sessions._postgres import PostgresStore, apply_migrations_to
 from trio_sessions._postgres._bridge import execute_once, fetchval_once
 
@@ -217,3 +219,62 @@ async def test_open_runtime_raises_the_error_unwrapped(postgres_server_url: str)
     with pytest.raises(ConfigurationError, match="does not exist"):
         async with open_runtime(RuntimeConfig(database_url=url, connect_timeout=2.0)):
             pass  # pragma: no cover
+
+
+# ------------------------------------------------------------------ auto_migrate
+
+
+@pytest.fixture
+async def read_write_url(postgres_server_url: str, postgres_url: str) -> AsyncIterator[str]:
+    """The URL of a role that may only SELECT, INSERT, UPDATE and DELETE on the test database's tables
+    (which it sees once migrated: the grant covers tables made later by postgres too)."""
+    role = f"r_{uuid4().hex[:12]}"
+    database = urlsplit(postgres_url).path.lstrip("/")
+    await execute_once(postgres_server_url, f"CREATE ROLE {role} LOGIN")
+    await execute_once(postgres_url, f"REVOKE CREATE ON SCHEMA public FROM {role}, PUBLIC; "
+                                     "ALTER DEFAULT PRIVILEGES IN SCHEMA public "
+                                     f"GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {role}")
+    try:
+        yield f"postgresql://{role}@/{database}?host={socket_dir(postgres_server_url)}"
+    finally:
+        await execute_once(postgres_url, f"DROP OWNED BY {role}")
+        await execute_once(postgres_server_url, f"DROP ROLE {role}")
+
+
+async def test_a_read_write_role_runs_on_a_migrated_database_without_auto_migrate(
+        postgres_url: str, read_write_url: str) -> None:
+    await apply_migrations_to(postgres_url)
+    # Migrating needs CREATE on the schema even when nothing is pending.
+    error = await fails_to_connect(read_write_url)
+    assert isinstance(error, ConfigurationError) and "auto_migrate=False" in str(error)
+
+    async with open_runtime(store=PostgresStore(read_write_url, FAST, migrate=False)) as rt:
+        session = await rt.create("u", "geral", durable=True)
+        await rt.append_message(session.id, "user", "oi", durable=True)
+    async with open_runtime(store=PostgresStore(read_write_url, FAST, migrate=False)) as rt:
+        assert [m.content for m in await rt.context(session.id)] == ["oi"]
+
+    if "auto_migrate" in {field.name for field in dataclasses.fields(RuntimeConfig)}:
+        config = dataclasses.replace(FAST, database_url=read_write_url, **{"auto_migrate": False})
+        async with open_runtime(config) as rt:
+            assert (await rt.get(session.id)).message_count == 1
+
+
+async def test_without_auto_migrate_a_schema_behind_is_a_configuration_error(
+        postgres_url: str, read_write_url: str) -> None:
+    everything = [name for name, _ in load_migrations()]
+    for url in (read_write_url, postgres_url):  # a fresh database: no schema_migrations at all
+        with pytest.raises(ConfigurationError) as caught:
+            async with PostgresStore(url, FAST, migrate=False).connect():
+                pass  # pragma: no cover
+        message = str(caught.value)
+        assert "auto_migrate is off" in message and "trio-sessions migrate" in message
+        assert ", ".join(everything) in message
+    # Only the first migration applied: the others are named.
+    await apply_migrations_to(postgres_url)
+    await execute_once(postgres_url, f"DELETE FROM schema_migrations WHERE name <> '{everything[0]}'")
+    behind = f"{len(everything) - 1} migrations are not applied"
+    with pytest.raises(ConfigurationError, match=behind) as caught:
+        async with PostgresStore(read_write_url, FAST, migrate=False).connect():
+            pass  # pragma: no cover
+    assert everything[0] not in str(caught.value) and everything[-1] in str(caught.value)

@@ -113,9 +113,9 @@ class Database:
 
 
 @asynccontextmanager
-async def open_database(url: str, config: RuntimeConfig, migrations: Sequence[tuple[str, str]]
-                        ) -> AsyncIterator[Database]:
-    """Apply pending `migrations` to `url`, then open the pool; close it on exit.
+async def open_database(url: str, config: RuntimeConfig, migrations: Sequence[tuple[str, str]], *,
+                        migrate: bool = True) -> AsyncIterator[Database]:
+    """Apply pending `migrations` to `url` (or check that none is pending), then open the pool.
 
     Entering blocks until the schema is current and the pool's first
     `pool_min` connections are open. Leaving closes the pool, shielded from
@@ -123,9 +123,13 @@ async def open_database(url: str, config: RuntimeConfig, migrations: Sequence[tu
     connections are dropped. An exception raised by the body comes out as it
     was raised (not wrapped in trio-asyncio's exception groups).
 
+    Args:
+        migrate: apply what is pending; when False only read `schema_migrations`,
+            so that a user with no right to create tables can run the runtime.
+
     Raises:
         ConfigurationError: the URL, password, database, role or privileges
-            cannot work.
+            cannot work, or (`migrate=False`) a migration is not applied.
         StoreUnavailable: the server cannot be reached (on entry).
     """
     async with _asyncio_loop() as loop:
@@ -133,7 +137,12 @@ async def open_database(url: str, config: RuntimeConfig, migrations: Sequence[tu
             # On a connection of its own, closed before the pool opens: the
             # advisory lock is released by an explicit unlock (or by
             # closing), never left to a pooled connection's reset.
-            await _run(loop, _aio_migrate_url, url, migrations, config.connect_timeout)
+            if migrate:
+                await _run(loop, _aio_migrate_url, url, migrations, config.connect_timeout)
+            else:
+                missing = await _run(loop, _aio_missing_migrations, url, migrations, config.connect_timeout)
+                if missing:
+                    raise target.schema_behind(url, missing)
             pool = await _run(loop, _aio_create_pool, url, config)
         try:
             yield Database(loop, pool)
@@ -290,6 +299,21 @@ async def _aio_migrate_url(url: str, migrations: Sequence[tuple[str, str]], conn
     await connection.close()
     return applied
 
+
+async def _aio_missing_migrations(url: str, migrations: Sequence[tuple[str, str]], connect_timeout: float
+                                  ) -> list[str]:
+    """The names of `migrations` that `schema_migrations` lacks, only reading it."""
+    connection = await _aio_connect(url, connect_timeout)
+    try:
+        if await connection.fetchval(sql.SCHEMA_MIGRATIONS_EXISTS):
+            applied = {row[0] for row in await connection.fetch(sql.APPLIED_MIGRATIONS)}
+        else:
+            applied = set()
+    except asyncpg.PostgresError as exc:
+        raise _StartFailed("migrate") from exc
+    finally:
+        connection.terminate()  # nothing is pending
+    return [name for name, _ in migrations if name not in applied]
 
 
 # ------------------------------------------------------- the Trio side

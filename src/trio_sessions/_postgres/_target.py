@@ -134,3 +134,13 @@ def unreachable(url: str, problem: str, connect_timeout: float, *, timed_out: bo
         f"cannot connect to PostgreSQL ({target}): {problem}; check that the server is running and "
         "that host and port in database_url are right")
 
+
+
+def schema_behind(url: str, missing: list[str]) -> ConfigurationError:
+    """The error for a database whose schema lacks migrations, when the runtime may not apply them."""
+    target = Target.of(url)
+    return ConfigurationError(
+        f"the schema of database {target.database!r} is not current ({target}): "
+        f"{len(missing)} migrations are not applied ({', '.join(missing)}) and auto_migrate is off: "
+        "run `trio-sessions migrate` with DATABASE_URL set to this database (as a user that may "
+        "create tables), or turn auto_migrate on")
