@@ -278,3 +278,15 @@ async def test_without_auto_migrate_a_schema_behind_is_a_configuration_error(
         async with PostgresStore(read_write_url, FAST, migrate=False).connect():
             pass  # pragma: no cover
     assert everything[0] not in str(caught.value) and everything[-1] in str(caught.value)
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql://app:hunter2@db.example/app",
+    "postgresql://app:hun/ter2@db.example:5432/app",
+    "postgresql://app:hun@ter2@db.example/app",
+    "postgresql://app:hun?ter2@db.example/app?sslmode=disable",
+])
+def test_a_store_never_shows_its_password(url: str) -> None:
+    shown = repr(PostgresStore(url))
+    assert "hun" not in shown and "ter2" not in shown
+    assert "app:***@db.example" in shown
