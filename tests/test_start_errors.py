@@ -21,6 +21,9 @@ from trio_sessions import ConfigurationError, RuntimeConfig, StoreUnavailable, o
 from trio_sessions._migrations import load_migrations
 from trio_sessions._postgres import PostgresStore, apply_migrations_to
 from trio_sessions._postgres._bridge import execute_once, fetchval_once
+from trio_sessions._store import WriteBatch
+
+from .test_postgres import make_session
 
 #: A role whose members must give a password, even on the embedded server's trust socket.
 PASSWORD_GROUP = "password_login"
@@ -290,3 +293,18 @@ def test_a_store_never_shows_its_password(url: str) -> None:
     shown = repr(PostgresStore(url))
     assert "hun" not in shown and "ter2" not in shown
     assert "app:***@db.example" in shown
+
+
+async def test_a_user_that_may_not_write_gets_a_configuration_error_naming_it(
+        postgres_url: str, read_write_url: str) -> None:
+    await apply_migrations_to(postgres_url)
+    role = urlsplit(read_write_url).username
+    await execute_once(postgres_url, f"REVOKE INSERT, UPDATE ON sessions FROM {role}")
+    store = PostgresStore(read_write_url, FAST, migrate=False)
+    async with store.connect():
+        assert await store.live_deadlines() == []  # reading is still allowed
+        with pytest.raises(ConfigurationError) as caught:
+            await store.write(WriteBatch((make_session(),), (), ()))
+    message = str(caught.value)
+    assert "permission denied for table sessions" in message and "grant the privilege" in message
+    assert f"user {role!r}" in message and "\n" not in message

@@ -15,7 +15,9 @@ How the bridge works:
   a transient failure (connection lost or refused, server shutting down, too
   many connections, serialization failure, deadlock, a timeout) raises
   `StoreUnavailable` with the original chained; a data error of a write
-  (SQLSTATE class 22 or 23) raises `WriteRejected`; anything else propagates
+  (SQLSTATE class 22 or 23) raises `WriteRejected`; a missing privilege (a
+  user that may not read or write the tables) or a refused login raises
+  `ConfigurationError` naming the user; anything else propagates
   unchanged, because it is a bug. Failures to connect or to migrate are
   told apart on the asyncio side (`_StartFailed`) and translated by
   `start_errors`: a configuration that cannot work (a URL the driver cannot
@@ -74,20 +76,21 @@ class Database:
     (see the module's docstring). Cancelling a call cancels its query.
     """
 
-    __slots__ = ("_loop", "_pool")
+    __slots__ = ("_loop", "_pool", "_url")
 
-    def __init__(self, loop: Any, pool: Pool) -> None:
+    def __init__(self, loop: Any, pool: Pool, url: str) -> None:
         self._loop = loop  # the trio-asyncio loop (untyped)
         self._pool = pool
+        self._url = url  # for error messages, which never show its password
 
     async def fetch(self, statement: str, *args: object) -> list[asyncpg.Record]:
         """The rows of one statement."""
-        with store_errors():
+        with store_errors(url=self._url):
             return await _run(self._loop, _aio_fetch, self._pool, statement, *args)
 
     async def fetchrow(self, statement: str, *args: object) -> asyncpg.Record | None:
         """The first row of one statement, or None."""
-        with store_errors():
+        with store_errors(url=self._url):
             return await _run(self._loop, _aio_fetchrow, self._pool, statement, *args)
 
     async def transaction(self, statements: Iterable[Statement]) -> None:
@@ -101,7 +104,7 @@ class Database:
                 23); nothing was written.
             StoreUnavailable: a transient failure; the transaction may be retried.
         """
-        with store_errors(rejectable=True):
+        with store_errors(rejectable=True, url=self._url):
             await _run(self._loop, _aio_transaction, self._pool, statements)
 
     async def health_check(self) -> None:
@@ -145,7 +148,7 @@ async def open_database(url: str, config: RuntimeConfig, migrations: Sequence[tu
                     raise target.schema_behind(url, missing)
             pool = await _run(loop, _aio_create_pool, url, config)
         try:
-            yield Database(loop, pool)
+            yield Database(loop, pool, url)
         finally:
             await _close_pool(loop, pool)
 
@@ -398,17 +401,25 @@ def _is_rejected_data(exc: BaseException) -> bool:
 
 
 @contextmanager
-def store_errors(*, rejectable: bool = False) -> Iterator[None]:
-    """Translate what leaves the block: transient -> StoreUnavailable, data -> WriteRejected.
+def store_errors(*, rejectable: bool = False, url: str | None = None) -> Iterator[None]:
+    """Translate what leaves the block: transient -> StoreUnavailable, data -> WriteRejected,
+    a missing privilege or a refused login -> ConfigurationError.
 
     Args:
         rejectable: translate data errors too (for `write` only: elsewhere a
             data error is a bug of ours).
+        url: the database's, to name its host, port, database and user in a
+            `ConfigurationError` (nothing is translated so without it).
     """
     try:
         yield
     except Exception as raised:
         exc = _sole_leaf(raised)
+        if url is not None and isinstance(exc, asyncpg.PostgresError):
+            # A user that may not read or write the tables (auto_migrate off, rights too narrow).
+            refused = target.rejected(url, exc.sqlstate or "", _first_line(exc), migrating=False)
+            if refused is not None:
+                raise refused from exc
         if rejectable and _is_rejected_data(exc):
             raise WriteRejected(f"PostgreSQL rejected the batch: {describe(exc)}") from exc
         if _is_transient(exc):
@@ -444,8 +455,7 @@ def _start_error(url: str, connect_timeout: float, step: str, exc: Exception
     """The error to raise for `exc`, raised while `step` ran, and what to chain to it."""
     if isinstance(exc, asyncpg.PostgresError):
         sqlstate = exc.sqlstate or ""
-        message = str(getattr(exc, "message", None) or exc).partition("\n")[0]  # without DETAIL, HINT
-        refused = target.rejected(url, sqlstate, message, migrating=step == "migrate")
+        refused = target.rejected(url, sqlstate, _first_line(exc), migrating=step == "migrate")
         if refused is not None:
             return refused, exc
     elif isinstance(exc, ValueError) and step == "connect":
@@ -458,6 +468,11 @@ def _start_error(url: str, connect_timeout: float, step: str, exc: Exception
     if _is_transient(exc):
         return target.unreachable(url, describe(exc), connect_timeout, timed_out=False), exc
     return exc, exc.__cause__ if isinstance(exc.__cause__, Exception) else None
+
+
+def _first_line(exc: BaseException) -> str:
+    """PostgreSQL's message, without its DETAIL and HINT lines."""
+    return str(getattr(exc, "message", None) or exc).partition("\n")[0]
 
 
 def _sole_leaf(exc: BaseException) -> BaseException:
