@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import socket
 import sys
 from collections.abc import Iterator
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from loguru import logger
@@ -75,10 +77,48 @@ def test_migrate_needs_database_url(monkeypatch: pytest.MonkeyPatch, capsys: pyt
 
 async def test_migrate_applies_the_schema_once(postgres_url: str,
                                                capsys: pytest.CaptureFixture[str]) -> None:
+    parts = urlsplit(postgres_url)
+    where = (f"host {parse_qs(parts.query)['host'][0]}, port 5432, database {parts.path[1:]!r}, "
+             "user 'postgres'")
     assert await run_migrate(postgres_url) == 0
-    assert capsys.readouterr().out == "applied 2 migrations: 0001_initial.sql, 0002_hot_updates.sql\n"
+    assert capsys.readouterr().out == (
+        f"migrated {where}: applied 2 migrations: 0001_initial.sql, 0002_hot_updates.sql\n")
     assert await run_migrate(postgres_url) == 0
-    assert capsys.readouterr().out == "the schema is up to date; nothing to apply\n"
+    assert capsys.readouterr().out == f"the schema of {where} is up to date; nothing to apply\n"
+
+
+def refused_url(password: str) -> Iterator[str]:
+    """A URL whose port refuses connections (a socket bound there, not listening), while it lasts."""
+    with socket.socket() as bound:
+        bound.bind(("127.0.0.1", 0))
+        yield f"postgresql://app:{password}@127.0.0.1:{bound.getsockname()[1]}/app"
+
+
+@pytest.mark.parametrize("command", ["migrate", "demo"])
+def test_errors_are_one_line_and_exit_codes_say_which_kind(
+        command: str, postgres_server_url: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], restore_logging: None) -> None:
+    argv = [command] + (["--duration", "1", "--users", "1"] if command == "demo" else [])
+    folder = parse_qs(urlsplit(postgres_server_url).query)["host"][0]
+    cases = [(f"postgresql://postgres@/no_such_db?host={folder}", 2, "database 'no_such_db' does not exist"),
+             ("postgresql://app:half/ofthepassword@db.example/app", 2, "cannot be parsed")]
+    for url, code, expected in cases:
+        monkeypatch.setenv("DATABASE_URL", url)
+        assert main(argv) == code
+        err = capsys.readouterr().err
+        assert err.startswith(f"trio-sessions {command}: ") and err.count("\n") == 1, err
+        assert expected in err and "half" not in err and "ofthepassword" not in err
+    for url in refused_url("hunter2"):
+        monkeypatch.setenv("DATABASE_URL", url)
+        assert main(argv) == 3
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "cannot connect to PostgreSQL" in err and "hunter2" not in err, err
+        # --debug shows where it came from, then the same line.
+        assert main([*argv, "--debug"]) == 3
+        err = capsys.readouterr().err
+        assert "Traceback (most recent call last)" in err and "ConnectionRefusedError" in err
+        assert err.splitlines()[-1].startswith(f"trio-sessions {command}: cannot connect")
+        assert "hunter2" not in err
 
 
 @pytest.mark.parametrize("flags", [["--users", "0"], ["--duration", "-1"], ["--timeout", "nan"],

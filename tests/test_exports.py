@@ -9,10 +9,12 @@ PUBLIC = {
     "SessionEvent", "MetricsSnapshot", "Store", "MemoryStore", "PostgresStore",
     "SessionError", "SessionNotFound", "SessionInactive", "VersionConflict", "InvalidArgument",
     "RuntimeClosed", "StoreUnavailable", "Overloaded",
-    # Beyond the contract's list: the error a durable caller gets for a refused row, the
+    # Beyond the contract's list: the error a durable caller gets for a refused row, the one
+    # for a configuration that cannot work (a wrong URL, password or privilege), the
     # per-operation record inside MetricsSnapshot, what subscribe() yields, and
     # what the Store protocol names (so a store can be written from the public API).
-    "WriteRejected", "OperationStats", "Subscription", "WriteBatch", "ListQuery", "Health",
+    "WriteRejected", "ConfigurationError", "OperationStats", "Subscription", "WriteBatch", "ListQuery",
+    "Health",
 }
 
 STORE_METHODS = {"connect", "load", "load_messages", "load_sessions", "live_deadlines", "write", "list",

@@ -6,6 +6,10 @@ what only `PostgresStore` and its helpers have.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from uuid import uuid4
@@ -269,3 +273,59 @@ async def test_embedded_server_starts_shares_and_persists(tmp_path: Path) -> Non
         async with store.connect():
             assert await store.load(session.id, messages=0) == (session, ())
     assert (data_dir / "PG_VERSION").is_file()
+
+
+#: A process that starts the embedded server of the folder argv[1], says so, and waits to be killed.
+EMBEDDED_OWNER = """
+import sys, trio
+from trio_sessions._embedded import open_embedded_postgres
+
+async def main():
+    async with open_embedded_postgres(sys.argv[1]):
+        print("started", flush=True)
+        await trio.sleep_forever()
+
+trio.run(main)
+"""
+
+
+def postmaster_running(data_dir: Path) -> int | None:
+    """The pid of the postmaster of `data_dir` while it runs (a zombie is not running), else None."""
+    import psutil
+
+    try:
+        pid = int((data_dir / "postmaster.pid").read_text().split()[0])
+        running = psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except (FileNotFoundError, psutil.NoSuchProcess):
+        return None
+    return pid if running else None
+
+
+async def test_a_server_orphaned_by_a_killed_owner_is_stopped_by_the_next_run(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    owner = await trio.lowlevel.open_process([sys.executable, "-c", EMBEDDED_OWNER, str(data_dir)],
+                                             stdout=subprocess.PIPE)
+    assert owner.stdout is not None
+    try:
+        said = b""
+        while b"\n" not in said:
+            chunk = await owner.stdout.receive_some()
+            assert chunk, "the owner exited before starting the server"
+            said += chunk
+        assert said == b"started\n"
+    finally:
+        owner.kill()  # SIGKILL: nothing of the owner's clean-up runs
+        await owner.wait()
+        await owner.stdout.aclose()
+    orphan = postmaster_running(data_dir)
+    assert orphan is not None
+
+    try:
+        async with open_embedded_postgres(data_dir) as url:  # reuses the orphan
+            assert postmaster_running(data_dir) == orphan
+            async with PostgresStore(url, RuntimeConfig(pool_min=1)).connect():
+                pass
+        assert postmaster_running(data_dir) is None
+    finally:
+        if postmaster_running(data_dir) == orphan:  # the test failed: leave no server behind
+            os.kill(orphan, signal.SIGTERM)

@@ -3,6 +3,7 @@
 from loguru import logger as _logger
 
 from ._config import RuntimeConfig as RuntimeConfig
+from ._errors import ConfigurationError as ConfigurationError
 from ._errors import InvalidArgument as InvalidArgument
 from ._errors import Overloaded as Overloaded
 from ._errors import RuntimeClosed as RuntimeClosed
@@ -33,8 +34,9 @@ from ._subscriptions import Subscription as Subscription
 _logger.disable("trio_sessions")
 
 __all__ = [
-    "Health", "InvalidArgument", "ListQuery", "MemoryStore", "Message", "MetricsSnapshot", "Note",
-    "OperationStats", "Overloaded", "Page", "PostgresStore", "RuntimeClosed", "RuntimeConfig",
+    "ConfigurationError", "Health", "InvalidArgument", "ListQuery", "MemoryStore", "Message",
+    "MetricsSnapshot", "Note", "OperationStats", "Overloaded", "Page", "PostgresStore", "RuntimeClosed",
+    "RuntimeConfig",
     "Session", "SessionError", "SessionEvent", "SessionInactive", "SessionNotFound",
     "SessionRuntime", "Store", "StoreUnavailable", "Subscription", "VersionConflict", "WriteBatch",
     "WriteRejected", "open_runtime",

@@ -17,6 +17,7 @@ import argparse
 import importlib
 import math
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
@@ -26,23 +27,29 @@ from loguru import logger
 
 from ._config import RuntimeConfig
 from ._demo import OK, DemoOptions, demo
-from ._errors import InvalidArgument
+from ._errors import ConfigurationError, InvalidArgument, SessionError, StoreUnavailable
 from ._postgres import apply_migrations_to
+from ._postgres._target import Target
 
 #: Exit codes besides the demo's own (`OK`, `CHECK_FAILED`): a usage or configuration error.
 USAGE: Final = 2
+#: The database could not be reached (retrying later may work).
+UNAVAILABLE: Final = 3
+#: Any other error of trio-sessions (`SessionError`).
+FAILED: Final = 1
 
 
 # ------------------------------------------------------------------ migrate
 
 
 async def run_migrate(url: str) -> int:
-    """Apply pending migrations to the database at `url`; print what was applied."""
+    """Apply pending migrations to the database at `url`; print which database and what was applied."""
     applied = await apply_migrations_to(url, RuntimeConfig.from_env())
+    where = Target.of(url)  # no password
     if applied:
-        print(f"applied {len(applied)} migrations: {', '.join(applied)}")
+        print(f"migrated {where}: applied {len(applied)} migrations: {', '.join(applied)}")
     else:
-        print("the schema is up to date; nothing to apply")
+        print(f"the schema of {where} is up to date; nothing to apply")
     return OK
 
 
@@ -110,8 +117,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         prog="trio-sessions", description="Session manager for Trio orchestrators, written behind "
         "to PostgreSQL (DATABASE_URL, or an embedded server when unset).")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true",
+                        help="on an error, print its traceback too (by default: one line)")
     demo_parser = commands.add_parser(
-        "demo", help="simulate an orchestrator, then check PostgreSQL against what it was told",
+        "demo", parents=[common],
+        help="simulate an orchestrator, then check PostgreSQL against what it was told",
         description="Simulate many users chatting with three agents, print progress and a summary, "
         "then check that PostgreSQL holds exactly what the runtime acknowledged (exit code 1 if not).")
     demo_parser.add_argument("--duration", type=_positive_float, default=60.0, metavar="SECONDS",
@@ -122,7 +133,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              help="session timeout: idle sessions expire after it (default: 8)")
     demo_parser.add_argument("--seed", type=int, default=None, metavar="N",
                              help="seed of the users' choices (default: random, printed)")
-    commands.add_parser("migrate", help="apply the schema migrations to DATABASE_URL",
+    commands.add_parser("migrate", parents=[common], help="apply the schema migrations to DATABASE_URL",
                         description="Apply pending schema migrations to the database of DATABASE_URL.")
     # Only listed here: main() hands `bench` and everything after it to the suite's own parser.
     commands.add_parser("bench", help="run the benchmark suite of the repository in the current "
@@ -140,8 +151,11 @@ def _configure_logging() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `trio-sessions` command; return its exit code.
 
-    Exit codes: 0 success; 1 the demo's check failed (or a benchmark scenario);
-    2 usage or configuration error; 130 interrupted.
+    Exit codes: 0 success; 1 the demo's check failed (or a benchmark
+    scenario), or another error; 2 usage or configuration error (a bad
+    setting, URL, password, database, role or privilege); 3 the database
+    could not be reached (retrying later may work); 130 interrupted. An
+    error is printed as one line; `--debug` prints its traceback first.
     """
     arguments = sys.argv[1:] if argv is None else list(argv)
     if arguments[:1] == ["bench"]:
@@ -152,14 +166,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "migrate":
             return migrate()
         return trio.run(demo, DemoOptions.from_args(args))
-    except InvalidArgument as exc:  # e.g. a bad TRIO_SESSIONS_* variable
-        print(f"trio-sessions {args.command}: {exc}", file=sys.stderr)
-        return USAGE
-    except (KeyboardInterrupt, BaseExceptionGroup) as exc:
-        if not _is_interrupt(exc):
+    except (SessionError, KeyboardInterrupt, BaseExceptionGroup) as exc:
+        if _is_interrupt(exc):
+            print(f"trio-sessions {args.command}: interrupted", file=sys.stderr)
+            return 130
+        error = _session_error(exc)
+        if error is None:
             raise
-        print(f"trio-sessions {args.command}: interrupted", file=sys.stderr)
-        return 130
+        if args.debug:
+            traceback.print_exception(exc)
+        print(f"trio-sessions {args.command}: {error}", file=sys.stderr)
+        return _exit_code(error)
+
+
+def _session_error(exc: BaseException) -> SessionError | None:
+    """The `SessionError` that `exc` is, or that is all an exception group holds
+    (the first, when nurseries gathered several); None when anything else is in it."""
+    if isinstance(exc, BaseExceptionGroup):
+        matched, rest = exc.split(SessionError)
+        if matched is None or rest is not None:
+            return None
+        exc = matched
+        while isinstance(exc, BaseExceptionGroup):
+            exc = exc.exceptions[0]
+    return exc if isinstance(exc, SessionError) else None
+
+
+def _exit_code(error: SessionError) -> int:
+    if isinstance(error, ConfigurationError | InvalidArgument):
+        return USAGE
+    if isinstance(error, StoreUnavailable):
+        return UNAVAILABLE
+    return FAILED
 
 
 def _is_interrupt(exc: BaseException) -> bool:

@@ -60,6 +60,17 @@ class StoreUnavailable(SessionError):
     """The store could not be reached (a transient condition: retrying may work)."""
 
 
+class ConfigurationError(SessionError):
+    """The configuration cannot work, and retrying will not help.
+
+    Raised on start for a malformed database URL, a wrong password, an
+    unknown database or role, a missing privilege, or a schema that is not
+    current while `auto_migrate` is off. The message names the server
+    (host, port, database, user; never the password), what failed and
+    which setting to change.
+    """
+
+
 class Overloaded(SessionError):
     """The runtime cannot take more work right now."""
 

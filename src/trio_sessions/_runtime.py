@@ -405,16 +405,18 @@ async def _open_store(config: RuntimeConfig, store: Store | None) -> AsyncIterat
     if store is None:
         from ._postgres import PostgresStore
 
+        # `auto_migrate` read with a default until every RuntimeConfig has it.
+        migrate: bool = getattr(config, "auto_migrate", True)
         url = config.database_url or os.environ.get("DATABASE_URL")
         if url is None:
             from ._embedded import open_embedded_postgres
 
             async with open_embedded_postgres(config.resolved_data_dir()) as embedded_url:
-                store = PostgresStore(embedded_url, config)
+                store = PostgresStore(embedded_url, config, migrate=migrate)
                 async with store.connect():
                     yield store
             return
-        store = PostgresStore(url, config)
+        store = PostgresStore(url, config, migrate=migrate)
     async with store.connect():
         yield store
 

@@ -1,6 +1,6 @@
 """PostgreSQL, the system of record: `PostgresStore` and the admin helpers.
 
-The package in four parts, top to bottom:
+The package in six parts, top to bottom:
 
 - `_store`: `PostgresStore`, which statement answers which `Store` call;
 - `_admin`: databases created and dropped, migrations applied, URLs redacted;
@@ -10,7 +10,9 @@ The package in four parts, top to bottom:
   errors translated. The only module of the package (and of trio-sessions)
   that imports asyncio, asyncpg or trio_asyncio; the others import it only
   when a connection is made, so `import trio_sessions` does not load the
-  driver.
+  driver;
+- `_target`: the host, port, database and user a URL names (never its
+  password), and the words of the errors raised when a start fails.
 """
 
 from ._admin import apply_migrations_to as apply_migrations_to

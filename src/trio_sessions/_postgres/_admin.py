@@ -40,8 +40,16 @@ def database_url(url: str, name: str) -> str:
 
 
 def redact(url: str) -> str:
-    """`url` without its password, for messages."""
-    return re.sub(r"(://[^:/@?]*:)[^@/?]*@", r"\1***@", url)
+    """`url` without its password, for messages.
+
+    The user part ends at the last "@": a password its writer forgot to
+    percent-encode may hold "/", "?" or "@", and must not show either.
+    """
+    scheme, separator, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not (separator and at) or ":" not in userinfo:
+        return url
+    return f"{scheme}://{userinfo.partition(':')[0]}:***@{host}"
 
 
 async def create_database(admin_url: str, name: str) -> str:

@@ -15,8 +15,16 @@ How the bridge works:
   a transient failure (connection lost or refused, server shutting down, too
   many connections, serialization failure, deadlock, a timeout) raises
   `StoreUnavailable` with the original chained; a data error of a write
-  (SQLSTATE class 22 or 23) raises `WriteRejected`; anything else propagates
-  unchanged, because it is a bug.
+  (SQLSTATE class 22 or 23) raises `WriteRejected`; a missing privilege (a
+  user that may not read or write the tables) or a refused login raises
+  `ConfigurationError` naming the user; anything else propagates
+  unchanged, because it is a bug. Failures to connect or to migrate are
+  told apart on the asyncio side (`_StartFailed`) and translated by
+  `start_errors`: a configuration that cannot work (a URL the driver cannot
+  parse, a wrong password, an unknown database or role, a missing
+  privilege) raises `ConfigurationError`, an unreachable or silent server
+  `StoreUnavailable`, each naming host, port, database and user (words in
+  `_target`), never the password.
 
 Importing this module loads asyncpg and trio_asyncio, so the rest of the
 package imports it only once PostgreSQL is really used.
@@ -36,6 +44,7 @@ from .._config import RuntimeConfig
 from .._errors import StoreUnavailable, WriteRejected
 from .._migrations import MIGRATION_LOCK_KEY
 from . import _sql as sql
+from . import _target as target
 
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
@@ -67,20 +76,21 @@ class Database:
     (see the module's docstring). Cancelling a call cancels its query.
     """
 
-    __slots__ = ("_loop", "_pool")
+    __slots__ = ("_loop", "_pool", "_url")
 
-    def __init__(self, loop: Any, pool: Pool) -> None:
+    def __init__(self, loop: Any, pool: Pool, url: str) -> None:
         self._loop = loop  # the trio-asyncio loop (untyped)
         self._pool = pool
+        self._url = url  # for error messages, which never show its password
 
     async def fetch(self, statement: str, *args: object) -> list[asyncpg.Record]:
         """The rows of one statement."""
-        with store_errors():
+        with store_errors(url=self._url):
             return await _run(self._loop, _aio_fetch, self._pool, statement, *args)
 
     async def fetchrow(self, statement: str, *args: object) -> asyncpg.Record | None:
         """The first row of one statement, or None."""
-        with store_errors():
+        with store_errors(url=self._url):
             return await _run(self._loop, _aio_fetchrow, self._pool, statement, *args)
 
     async def transaction(self, statements: Iterable[Statement]) -> None:
@@ -94,7 +104,7 @@ class Database:
                 23); nothing was written.
             StoreUnavailable: a transient failure; the transaction may be retried.
         """
-        with store_errors(rejectable=True):
+        with store_errors(rejectable=True, url=self._url):
             await _run(self._loop, _aio_transaction, self._pool, statements)
 
     async def health_check(self) -> None:
@@ -106,9 +116,9 @@ class Database:
 
 
 @asynccontextmanager
-async def open_database(url: str, config: RuntimeConfig, migrations: Sequence[tuple[str, str]]
-                        ) -> AsyncIterator[Database]:
-    """Apply pending `migrations` to `url`, then open the pool; close it on exit.
+async def open_database(url: str, config: RuntimeConfig, migrations: Sequence[tuple[str, str]], *,
+                        migrate: bool = True) -> AsyncIterator[Database]:
+    """Apply pending `migrations` to `url` (or check that none is pending), then open the pool.
 
     Entering blocks until the schema is current and the pool's first
     `pool_min` connections are open. Leaving closes the pool, shielded from
@@ -116,18 +126,29 @@ async def open_database(url: str, config: RuntimeConfig, migrations: Sequence[tu
     connections are dropped. An exception raised by the body comes out as it
     was raised (not wrapped in trio-asyncio's exception groups).
 
+    Args:
+        migrate: apply what is pending; when False only read `schema_migrations`,
+            so that a user with no right to create tables can run the runtime.
+
     Raises:
+        ConfigurationError: the URL, password, database, role or privileges
+            cannot work, or (`migrate=False`) a migration is not applied.
         StoreUnavailable: the server cannot be reached (on entry).
     """
     async with _asyncio_loop() as loop:
-        with store_errors():
+        with store_errors(), start_errors(url, config.connect_timeout):
             # On a connection of its own, closed before the pool opens: the
             # advisory lock is released by an explicit unlock (or by
             # closing), never left to a pooled connection's reset.
-            await _run(loop, _aio_migrate_url, url, migrations, config.connect_timeout)
+            if migrate:
+                await _run(loop, _aio_migrate_url, url, migrations, config.connect_timeout)
+            else:
+                missing = await _run(loop, _aio_missing_migrations, url, migrations, config.connect_timeout)
+                if missing:
+                    raise target.schema_behind(url, missing)
             pool = await _run(loop, _aio_create_pool, url, config)
         try:
-            yield Database(loop, pool)
+            yield Database(loop, pool, url)
         finally:
             await _close_pool(loop, pool)
 
@@ -135,21 +156,21 @@ async def open_database(url: str, config: RuntimeConfig, migrations: Sequence[tu
 async def execute_once(url: str, statement: str) -> None:
     """Run one statement on a connection of its own, in a loop of its own (admin helpers)."""
     async with _asyncio_loop() as loop:
-        with store_errors():
+        with store_errors(), start_errors(url, ADMIN_CONNECT_TIMEOUT):
             await _run(loop, _aio_execute_once, url, statement)
 
 
 async def fetchval_once(url: str, statement: str, *args: object) -> Any:
     """The first value of one statement, on a connection and a loop of its own (admin helpers)."""
     async with _asyncio_loop() as loop:
-        with store_errors():
+        with store_errors(), start_errors(url, ADMIN_CONNECT_TIMEOUT):
             return await _run(loop, _aio_fetchval_once, url, statement, *args)
 
 
 async def migrate(url: str, migrations: Sequence[tuple[str, str]], connect_timeout: float) -> list[str]:
     """Apply the `migrations` the database lacks, in a loop of its own; return their names."""
     async with _asyncio_loop() as loop:
-        with store_errors():
+        with store_errors(), start_errors(url, connect_timeout):
             return await _run(loop, _aio_migrate_url, url, migrations, connect_timeout)
 
 
@@ -157,19 +178,43 @@ async def migrate(url: str, migrations: Sequence[tuple[str, str]], connect_timeo
 # These coroutine functions run on the trio-asyncio loop, called through `_run`.
 
 
+class _StartFailed(Exception):
+    """A connection could not be made (`step` "connect") or the schema not
+    migrated or checked ("migrate"); the driver's error is the cause.
+
+    Raised on the asyncio side, where the step is known, and translated on
+    the Trio side by `start_errors`.
+    """
+
+    def __init__(self, step: str) -> None:
+        super().__init__(step)
+        self.step = step
+
+
+async def _aio_connect(url: str, connect_timeout: float) -> asyncpg.Connection[asyncpg.Record]:
+    try:
+        return await asyncpg.connect(url, timeout=connect_timeout,
+                                     server_settings={"application_name": APPLICATION_NAME})
+    except Exception as exc:
+        raise _StartFailed("connect") from exc
+
+
 async def _aio_create_pool(url: str, config: RuntimeConfig) -> Pool:
     # No type codecs are registered: JSON columns are encoded with json.dumps,
     # sent as text and cast to jsonb in SQL, and read back as text.
-    return await asyncpg.create_pool(
-        url,
-        min_size=config.pool_min,
-        max_size=config.pool_max,
-        max_inactive_connection_lifetime=config.max_inactive_connection_lifetime,
-        timeout=config.connect_timeout,
-        command_timeout=config.command_timeout,
-        server_settings={"application_name": APPLICATION_NAME},
-        reset=_aio_keep_session,
-    )
+    try:
+        return await asyncpg.create_pool(
+            url,
+            min_size=config.pool_min,
+            max_size=config.pool_max,
+            max_inactive_connection_lifetime=config.max_inactive_connection_lifetime,
+            timeout=config.connect_timeout,
+            command_timeout=config.command_timeout,
+            server_settings={"application_name": APPLICATION_NAME},
+            reset=_aio_keep_session,
+        )
+    except Exception as exc:
+        raise _StartFailed("connect") from exc
 
 
 async def _aio_keep_session(connection: asyncpg.Connection[asyncpg.Record]) -> None:
@@ -229,7 +274,7 @@ async def _aio_terminate(pool: Pool) -> None:  # noqa: ASYNC910  runs on the asy
 
 
 async def _aio_execute_once(url: str, statement: str) -> None:
-    connection = await asyncpg.connect(url, timeout=ADMIN_CONNECT_TIMEOUT)
+    connection = await _aio_connect(url, ADMIN_CONNECT_TIMEOUT)
     try:
         await connection.execute(statement)
     finally:
@@ -237,7 +282,7 @@ async def _aio_execute_once(url: str, statement: str) -> None:
 
 
 async def _aio_fetchval_once(url: str, statement: str, *args: object) -> Any:
-    connection = await asyncpg.connect(url, timeout=ADMIN_CONNECT_TIMEOUT)
+    connection = await _aio_connect(url, ADMIN_CONNECT_TIMEOUT)
     try:
         return await connection.fetchval(statement, *args)
     finally:
@@ -246,15 +291,32 @@ async def _aio_fetchval_once(url: str, statement: str, *args: object) -> Any:
 
 async def _aio_migrate_url(url: str, migrations: Sequence[tuple[str, str]], connect_timeout: float
                            ) -> list[str]:
-    connection = await asyncpg.connect(url, timeout=connect_timeout,
-                                       server_settings={"application_name": APPLICATION_NAME})
+    connection = await _aio_connect(url, connect_timeout)
     try:
         applied = await _aio_apply_migrations(connection, migrations)
-    except BaseException:
+    except BaseException as exc:
         connection.terminate()  # also releases the advisory lock
+        if isinstance(exc, asyncpg.PostgresError):
+            raise _StartFailed("migrate") from exc
         raise
     await connection.close()
     return applied
+
+
+async def _aio_missing_migrations(url: str, migrations: Sequence[tuple[str, str]], connect_timeout: float
+                                  ) -> list[str]:
+    """The names of `migrations` that `schema_migrations` lacks, only reading it."""
+    connection = await _aio_connect(url, connect_timeout)
+    try:
+        if await connection.fetchval(sql.SCHEMA_MIGRATIONS_EXISTS):
+            applied = {row[0] for row in await connection.fetch(sql.APPLIED_MIGRATIONS)}
+        else:
+            applied = set()
+    except asyncpg.PostgresError as exc:
+        raise _StartFailed("migrate") from exc
+    finally:
+        connection.terminate()  # nothing is pending
+    return [name for name, _ in migrations if name not in applied]
 
 
 # ------------------------------------------------------- the Trio side
@@ -339,22 +401,78 @@ def _is_rejected_data(exc: BaseException) -> bool:
 
 
 @contextmanager
-def store_errors(*, rejectable: bool = False) -> Iterator[None]:
-    """Translate what leaves the block: transient -> StoreUnavailable, data -> WriteRejected.
+def store_errors(*, rejectable: bool = False, url: str | None = None) -> Iterator[None]:
+    """Translate what leaves the block: transient -> StoreUnavailable, data -> WriteRejected,
+    a missing privilege or a refused login -> ConfigurationError.
 
     Args:
         rejectable: translate data errors too (for `write` only: elsewhere a
             data error is a bug of ours).
+        url: the database's, to name its host, port, database and user in a
+            `ConfigurationError` (nothing is translated so without it).
     """
     try:
         yield
     except Exception as raised:
         exc = _sole_leaf(raised)
+        if url is not None and isinstance(exc, asyncpg.PostgresError):
+            # A user that may not read or write the tables (auto_migrate off, rights too narrow).
+            refused = target.rejected(url, exc.sqlstate or "", _first_line(exc), migrating=False)
+            if refused is not None:
+                raise refused from exc
         if rejectable and _is_rejected_data(exc):
             raise WriteRejected(f"PostgreSQL rejected the batch: {describe(exc)}") from exc
         if _is_transient(exc):
             raise StoreUnavailable(f"PostgreSQL is unavailable: {describe(exc)}") from exc
         raise
+
+
+@contextmanager
+def start_errors(url: str, connect_timeout: float) -> Iterator[None]:
+    """Translate a failure to connect or to migrate (`_StartFailed`) that leaves the block.
+
+    A configuration that cannot work becomes `ConfigurationError`, an
+    unreachable server `StoreUnavailable`; the driver's error is chained,
+    except when it failed to parse the URL (its message may quote part of the
+    password). A failure of another kind is re-raised as the driver raised it.
+    """
+    try:
+        yield
+        return
+    except Exception as raised:
+        failed = _sole_leaf(raised)
+        if not isinstance(failed, _StartFailed) or not isinstance(failed.__cause__, Exception):
+            raise
+        cause = failed.__cause__
+        error, chained = _start_error(url, connect_timeout, failed.step, cause)
+    # Raised here, outside the `except`, so that nothing of the driver's
+    # error is attached to it but what `chained` says.
+    raise error from chained
+
+
+def _start_error(url: str, connect_timeout: float, step: str, exc: Exception
+                 ) -> tuple[Exception, Exception | None]:
+    """The error to raise for `exc`, raised while `step` ran, and what to chain to it."""
+    if isinstance(exc, asyncpg.PostgresError):
+        sqlstate = exc.sqlstate or ""
+        refused = target.rejected(url, sqlstate, _first_line(exc), migrating=step == "migrate")
+        if refused is not None:
+            return refused, exc
+    elif isinstance(exc, ValueError) and step == "connect":
+        # asyncpg's ClientConfigurationError is a ValueError too: the URL (or
+        # an option in it) cannot be parsed. Not chained: "invalid literal for
+        # int() with base 10: '<the password's second half>'".
+        return target.malformed_url(url), None
+    if isinstance(exc, TimeoutError) and step == "connect":
+        return target.unreachable(url, "", connect_timeout, timed_out=True), exc
+    if _is_transient(exc):
+        return target.unreachable(url, describe(exc), connect_timeout, timed_out=False), exc
+    return exc, exc.__cause__ if isinstance(exc.__cause__, Exception) else None
+
+
+def _first_line(exc: BaseException) -> str:
+    """PostgreSQL's message, without its DETAIL and HINT lines."""
+    return str(getattr(exc, "message", None) or exc).partition("\n")[0]
 
 
 def _sole_leaf(exc: BaseException) -> BaseException:

@@ -109,6 +109,8 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 )
 """
 APPLIED_MIGRATIONS: Final = "SELECT name FROM schema_migrations"
+#: Whether the migrations table exists (visible on the search path), for a runtime that may not create it.
+SCHEMA_MIGRATIONS_EXISTS: Final = "SELECT to_regclass('schema_migrations') IS NOT NULL"
 RECORD_MIGRATION: Final = "INSERT INTO schema_migrations (name) VALUES ($1)"
 TERMINATE_CONNECTIONS: Final = """
 SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity

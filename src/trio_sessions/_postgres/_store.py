@@ -51,11 +51,16 @@ class PostgresStore:
         config: the pool settings (`pool_min`, `pool_max`, `connect_timeout`,
             `command_timeout`, `max_inactive_connection_lifetime`); defaults
             when None.
+        migrate: apply pending migrations on connecting (the default); when
+            False, only check that every migration is recorded, so that a
+            user with no right to create tables can use the store (apply
+            them with `trio-sessions migrate`).
     """
 
-    def __init__(self, url: str, config: RuntimeConfig | None = None) -> None:
+    def __init__(self, url: str, config: RuntimeConfig | None = None, *, migrate: bool = True) -> None:
         self._url = check_text("url", url, max_chars=4096)
         self._config = RuntimeConfig() if config is None else config
+        self._migrate = bool(migrate)
         self._in_use = False
         self._db: Database | None = None
 
@@ -64,7 +69,7 @@ class PostgresStore:
 
     @asynccontextmanager
     async def connect(self) -> AsyncIterator[None]:
-        """Open the pool and apply pending migrations; close the pool on exit.
+        """Open the pool and apply pending migrations (or check them); close the pool on exit.
 
         Entering blocks until the pool's first `pool_min` connections are open
         and the schema is current. Leaving closes the pool, shielded from
@@ -73,7 +78,12 @@ class PostgresStore:
         (not wrapped in trio-asyncio's exception groups).
 
         Raises:
-            StoreUnavailable: the server cannot be reached (on entry).
+            ConfigurationError: the URL cannot be parsed, the password, database
+                or role is wrong, a privilege is missing, or (with
+                `migrate=False`) a migration is not applied. The message names
+                host, port, database and user, never the password.
+            StoreUnavailable: the server cannot be reached or does not answer
+                within `connect_timeout` (on entry).
             RuntimeError: the store is already connected.
         """
         if self._in_use:
@@ -82,7 +92,7 @@ class PostgresStore:
         try:
             from ._bridge import open_database  # loads asyncpg: only once PostgreSQL is used
 
-            async with open_database(self._url, self._config, load_migrations()) as db:
+            async with open_database(self._url, self._config, load_migrations(), migrate=self._migrate) as db:
                 self._db = db
                 try:
                     yield

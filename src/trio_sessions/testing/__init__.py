@@ -11,9 +11,12 @@
   make random calls at once.
 - `run_on_virtual_time`: a scenario on `MockClock` and `MemoryStore`.
 
-Importing this module imports Hypothesis; the library itself never does.
+Importing this module imports Hypothesis (`pip install "trio-sessions[testing]"`);
+the library itself never does.
 """
 
+# First, so that without Hypothesis the error names the extra that brings it.
+from . import _requirement  # noqa: F401
 from ._calls import AddNote as AddNote
 from ._calls import AppendMessage as AppendMessage
 from ._calls import Call as Call
