@@ -14,7 +14,8 @@ from loguru import logger
 
 from trio_sessions import RuntimeConfig, open_runtime
 from trio_sessions._cli import _is_interrupt, main, parse_args, run_migrate
-from trio_sessions._demo import DemoOptions, Ledger, check_store, run_demo
+from trio_sessions._demo import DemoOptions, run_demo
+from trio_sessions._demo_ledger import Ledger, check_store
 from trio_sessions._model import Message
 
 

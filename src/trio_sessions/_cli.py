@@ -26,7 +26,8 @@ import trio
 from loguru import logger
 
 from ._config import RuntimeConfig
-from ._demo import OK, DemoOptions, demo
+from ._demo import DemoOptions, demo
+from ._demo_ledger import OK
 from ._errors import ConfigurationError, InvalidArgument, SessionError, StoreUnavailable
 from ._postgres import apply_migrations_to
 from ._postgres._target import Target
