@@ -35,8 +35,8 @@ RANKS = {
     "_runtime": 13,
 }
 TOP = 100
-#: The only module that may import asyncio, asyncpg or trio_asyncio.
-BRIDGES = {"_postgres._bridge"}
+#: The bridge's modules: the only ones that may import asyncio, asyncpg or trio_asyncio.
+BRIDGES = {"_postgres._bridge", "_postgres._bridge._calls", "_postgres._bridge._errors"}
 ASYNCIO = {"asyncio", "asyncpg", "trio_asyncio"}
 
 

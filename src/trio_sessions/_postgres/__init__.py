@@ -6,8 +6,8 @@ The package in six parts, top to bottom:
 - `_admin`: databases created and dropped, migrations applied, URLs redacted;
 - `_rows`: snapshots to column arrays and records back to snapshots;
 - `_sql`: the SQL text, constants only (every value is a bind parameter);
-- `_bridge`: asyncpg run from Trio through trio-asyncio, and the driver's
-  errors translated. The only module of the package (and of trio-sessions)
+- `_bridge` (a package: `_calls`, `_errors`): asyncpg run from Trio through trio-asyncio, and the driver's
+  errors translated. The only code of the package (and of trio-sessions)
   that imports asyncio, asyncpg or trio_asyncio; the others import it only
   when a connection is made, so `import trio_sessions` does not load the
   driver;

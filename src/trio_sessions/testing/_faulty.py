@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from .._store import ListQuery, WriteBatch
 
 # What `failure_rate` injects: the transient errors PostgresStore turns into
-# StoreUnavailable (`_postgres._bridge._is_transient`),
+# StoreUnavailable (`_postgres._bridge._errors.is_transient`),
 # as (asyncpg exception, SQLSTATE, server or driver message).
 TRANSIENT_FAULTS: Final[tuple[tuple[str, str | None, str], ...]] = (
     ("ConnectionResetError", None, "[Errno 104] Connection reset by peer"),
