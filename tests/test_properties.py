@@ -99,7 +99,7 @@ def test_faults_lose_no_acknowledged_write(data: DataObject, scheduling: Any, se
     # where the store is compared with the model.
     deleting: set[Any] = set()
 
-    async def durable_is_committed(call: Any, result: Any) -> None:
+    async def durable_is_committed(call: Any, result: Any) -> None:  # noqa: ASYNC910  a hook after a call
         # durable=True returns only after the commit: the store already has it.
         from trio_sessions import Session
 
@@ -150,3 +150,56 @@ def test_restart_at_a_random_point_keeps_every_acknowledged_change(
             nursery.cancel_scope.cancel()
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+# A small buffer, so that appends often wait in the mailbox for room while
+# others arrive; mailboxes large enough that no caller waits to post.
+ORDER_CONFIG = RuntimeConfig(max_pending=2, flush_batch=1, mailbox_size=64, max_resident=8,
+                             passivate_after=1e6, flush_interval=0.5, session_timeout=1e6)
+# Between two arrivals: scheduling rounds (at least 2: an append decides
+# where it goes within one checkpoint of its start), or a pause in Trio seconds.
+GAPS = st.sampled_from([2, 3, 2, 0.01, 0.3])
+
+
+@given(arrivals=st.lists(st.tuples(st.integers(0, 1), st.booleans(), GAPS), min_size=1, max_size=24),
+       scheduling=st.random_module())
+def test_calls_on_one_session_apply_in_arrival_order(
+        arrivals: list[tuple[int, bool, float]], scheduling: Any) -> None:
+    """Appends apply in the order they reached the runtime: each message says when it arrived.
+
+    Linearizability allows any order of overlapping calls, so it cannot see
+    a caller overtaking commands already queued for the actor. Here call n
+    starts only once call n-1 has reached the runtime (been queued, or
+    applied by its own caller), so the session's messages must come in
+    arrival order, and so must the message counts the appends answered.
+    """
+    store = MemoryStore()
+
+    async def scenario(rt: SessionRuntime) -> None:
+        sessions = [(await rt.create("ana", "geral")).id, (await rt.create("bia", "max")).id]
+        answered: dict[int, int] = {}  # arrival number -> message_count answered
+
+        async def append(number: int, session: int, durable: bool) -> None:
+            result = await rt.append_message(sessions[session], "user", str(number), durable=durable)
+            answered[number] = result.message_count
+
+        async with trio.open_nursery() as nursery:
+            for number, (session, durable, gap) in enumerate(arrivals):
+                nursery.start_soon(append, number, session, durable)
+                if isinstance(gap, int):
+                    for _ in range(gap):
+                        await trio.lowlevel.checkpoint()
+                else:
+                    await trio.sleep(gap)
+        await rt.flush()
+        for index, session_id in enumerate(sessions):
+            loaded = await store.load(session_id, messages=1000)
+            assert loaded is not None
+            order = [int(m.content) for m in loaded[1]]
+            assert order == sorted(order), f"session {index}: messages applied out of arrival order: {order}"
+            mine = [n for n, (s, _, _) in enumerate(arrivals) if s == index]
+            assert order == mine
+            counts = [answered[n] for n in mine]
+            assert counts == list(range(1, len(mine) + 1)), counts
+
+    run_on_virtual_time(scenario, config=ORDER_CONFIG, store=store)

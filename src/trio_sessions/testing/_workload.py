@@ -3,16 +3,27 @@
 `session_calls(known, config)` draws one call of the session API, on a
 session from `known` (or a fresh create, or an id nobody created), with valid
 arguments most of the time and hostile ones sometimes. `run_workload` lets
-several tasks draw and make calls concurrently through a recording runtime;
-with `st.random_module()` in the test's `@given`, Hypothesis also chooses
-Trio's scheduling, so a failing interleaving replays and shrinks.
+several tasks make calls concurrently through a recording runtime; with
+`st.random_module()` in the test's `@given`, Hypothesis also chooses Trio's
+scheduling, so a failing interleaving replays and shrinks.
+
+`run_workload` draws every task's whole program before anything runs (one
+draw: a bounded list of steps per task), naming sessions by their index in
+the list of sessions known when the step runs. So the program does not
+depend on the interleaving, and a shrink (dropping a step, lowering an
+index) changes one thing, not every draw after it. Besides calls, a step may
+flush, passivate a session's actor, walk `list()` page by page, and wait for
+a session's deadline so that the next call lands exactly on it: the states
+where bugs at the deadline, in re-activation and in the keyset cursor live.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
 from uuid import UUID
 
 import trio
@@ -20,7 +31,8 @@ from hypothesis import strategies as st
 
 from .. import _model as limits
 from .._config import RuntimeConfig
-from .._errors import SessionError
+from .._errors import SessionError, StoreUnavailable
+from .._model import Session
 from . import _strategies as values
 from ._calls import AddNote, AppendMessage, Call, Context, Create, Delete, End, Get, Touch, Update
 from ._history import History
@@ -65,6 +77,31 @@ def session_calls(known: Sequence[UUID], config: RuntimeConfig, *, hostility: in
     Shrinks towards the first call kinds listed (create, then reads) and
     towards valid, short arguments.
     """
+    return _call_templates(config, hostility=hostility, timeouts=timeouts, durable=durable).map(
+        lambda call: resolve(call, known))
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """Stands in a drawn call for the session `known[index % len(known)]`, resolved when it runs."""
+
+    index: int
+
+
+_slots: Final = st.integers(0, 2**16).map(Slot)
+
+
+def resolve(call: Call, known: Sequence[UUID]) -> Call:
+    """The call with its `Slot` replaced by a session id (one nobody created while `known` is empty)."""
+    target = call.session_id
+    if not isinstance(target, Slot) or isinstance(call, Create):
+        return call
+    return dataclasses.replace(call, session_id=known[target.index % len(known)] if known else _NOBODY)
+
+
+def _call_templates(config: RuntimeConfig, *, hostility: int, timeouts: SearchStrategy[float] | None,
+                    durable: bool) -> SearchStrategy[Call]:
+    """`session_calls`, with a `Slot` where the session id goes."""
     def text(max_chars: int) -> SearchStrategy[Any]:
         return _maybe_hostile(values.valid_text(max_chars), values.hostile_text(), hostility)
 
@@ -81,8 +118,7 @@ def session_calls(known: Sequence[UUID], config: RuntimeConfig, *, hostility: in
         timeout=_maybe_hostile(timeouts, values.timeouts(), hostility),
         durable=flags,
     )
-    ids: SearchStrategy[Any] = st.integers(0, 2**16).map(
-        lambda i: known[i % len(known)] if known else _NOBODY)
+    ids: SearchStrategy[Any] = _slots
     if hostility:
         strange = st.sampled_from([uuid.UUID(int=12345), "not-a-uuid", ""]) | st.uuids(version=4)
         ids = _maybe_hostile(ids, strange, hostility)
@@ -127,20 +163,154 @@ def _change(name: str, hostility: int) -> SearchStrategy[tuple[str, Any]]:
     return st.tuples(st.just(name), _maybe_hostile(valid, hostile, hostility))
 
 
+# ------------------------------------------------------------------ programs
+
+
+@dataclass(frozen=True, slots=True)
+class Flush:
+    """`rt.flush()`: everything acknowledged so far reaches the store."""
+
+
+@dataclass(frozen=True, slots=True)
+class Passivate:
+    """Stop the session's actor now, as `max_resident` or `passivate_after` would."""
+
+    target: Slot
+
+
+@dataclass(frozen=True, slots=True)
+class ListWalk:
+    """Every page of `rt.list(active=..., limit=...)`, for all users or the owner of `owner`."""
+
+    owner: Slot | None
+    active: bool | None
+    limit: int
+
+
+#: A step's timing: wait until the deadline of the session the action names
+#: (of `known[0]` for actions that name none), so the action lands on it exactly.
+AT_DEADLINE: Final = -1.0
+
+Action = Call | Flush | Passivate | ListWalk
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One step of a task's program: wait (`pause` seconds, or `AT_DEADLINE`), then act."""
+
+    pause: float
+    action: Action
+
+
+def workload_steps(config: RuntimeConfig, *, hostility: int = 10,
+                   timeouts: SearchStrategy[float] | None = None,
+                   pauses: SearchStrategy[float] | None = None, durable: bool = True,
+                   actions: bool = True, deadlines: bool = True) -> SearchStrategy[Step]:
+    """One step of a task's program, with `Slot`s for sessions (see `run_workload`).
+
+    Most steps are calls (`session_calls`); with `actions`, some flush,
+    passivate or walk `list()`; with `deadlines`, some wait for a session's
+    deadline first. Shrinks towards a create made at once.
+    """
+    calls = _call_templates(config, hostility=hostility, timeouts=timeouts, durable=durable)
+    others: list[SearchStrategy[Action]] = [
+        st.just(Flush()), st.builds(Passivate, _slots),
+        st.builds(ListWalk, st.none() | _slots, st.sampled_from([None, True, False]),
+                  st.integers(1, 3)),
+    ] if actions else []
+    # An index into a table (not st.one_of), as in session_calls: calls are 7 in 10.
+    table: list[SearchStrategy[Action]] = [calls] * (7 if others else 1) + others
+    action = st.integers(0, 10 * len(table) - 1).flatmap(lambda n: table[n % len(table)])
+    waits = st.just(0.0) if pauses is None else pauses
+    if deadlines:
+        waits = st.integers(0, 39).flatmap(lambda n: st.just(AT_DEADLINE) if n % 8 == 7 else waits)
+    return st.builds(Step, waits, action)
+
+
+def programs(tasks: int, steps: int, config: RuntimeConfig,
+             **options: Any) -> SearchStrategy[list[list[Step]]]:
+    """`tasks` programs of up to `steps` steps each (`workload_steps` takes `options`)."""
+    step = workload_steps(config, **options)
+    return st.lists(st.lists(step, max_size=steps), min_size=tasks, max_size=tasks)
+
+
+def _target(action: Action, known: Sequence[UUID]) -> UUID | None:
+    slot = action.target if isinstance(action, Passivate) else getattr(action, "session_id", None)
+    if isinstance(slot, Slot) and known:
+        return known[slot.index % len(known)]
+    if isinstance(slot, UUID):
+        return slot
+    return known[0] if known else None
+
+
+def passivate(runtime: SessionRuntime, session_id: UUID) -> None:
+    """Stop the session's actor if it has one (a busy one first applies what is queued)."""
+    supervisor = runtime._sup
+    actor = supervisor.resident(session_id)
+    if actor is not None:
+        supervisor.counters.passivations += 1
+        supervisor.retire(actor)
+
+
+async def walk_list(runtime: SessionRuntime, history: History, walk: ListWalk, owner: str | None) -> None:
+    """Read every page of `list()` and check the walk: the keyset cursor loses and repeats nothing.
+
+    Pages come newest first by (created_at, id), strictly, with no session
+    twice and each matching the filters; with `active=None`, every session
+    whose create returned before the walk began is listed, unless a delete
+    of it was invoked before the walk ended.
+    """
+    await trio.lowlevel.checkpoint()  # a walk is a checkpoint even when a faulty store refuses it
+    started = len(history.operations)
+    seen: list[Session] = []
+    after: str | None = None
+    while True:
+        try:
+            page = await runtime.list(user_id=owner, active=walk.active, limit=walk.limit, after=after)
+        except StoreUnavailable:
+            return  # a faulty store may refuse the read: nothing to check
+        assert len(page.items) <= walk.limit
+        seen.extend(page.items)
+        if page.next_cursor is None:
+            break
+        assert len(page.items) == walk.limit, "a page that is not the last one must be full"
+        after = page.next_cursor
+    keys = [(s.created_at, s.id) for s in seen]
+    assert keys == sorted(set(keys), reverse=True), f"list() walk out of order or repeated: {keys}"
+    for session in seen:
+        assert owner is None or session.user_id == owner, session
+        assert walk.active is None or session.is_active == walk.active, session
+    if walk.active is not None:
+        return
+    deleted = {op.session_id for op in history.operations if isinstance(op.call, Delete)}
+    listed = {s.id for s in seen}
+    for op in history.operations[:started]:
+        created = op.outcome
+        if isinstance(op.call, Create) and isinstance(created, Session) and created.id not in deleted \
+                and (owner is None or created.user_id == owner):
+            assert created.id in listed, f"list() walk lost {created.id}"
+
+
 async def run_workload(runtime: SessionRuntime, data: DataObject, history: History, *,
                        tasks: int = 4, steps: int = 15, hostility: int = 10,
                        timeouts: SearchStrategy[float] | None = None,
                        pauses: SearchStrategy[float] | None = None,
                        durable: bool = True, sessions: Sequence[UUID] = (),
+                       actions: bool = True, max_deadline_wait: float = 60.0,
                        after_call: Callable[[Call, Any], Awaitable[None]] | None = None) -> list[UUID]:
-    """Let `tasks` tasks each draw and make `steps` calls, concurrently, all recorded.
+    """Let `tasks` tasks each run a drawn program of up to `steps` steps, concurrently, all recorded.
 
-    Between calls a task may pause (`pauses`, Trio seconds; none by default),
-    which on virtual time lets sessions expire mid-workload. Errors the
-    runtime raises on purpose are part of the history, not failures.
+    The programs are drawn first, in one draw (`programs`). Before each step
+    a task may pause (`pauses`, Trio seconds; none by default), which on
+    virtual time lets sessions expire mid-workload, or wait until the
+    deadline of the session the step names (if it is at most
+    `max_deadline_wait` away). Errors the runtime raises on purpose are part
+    of the history, not failures.
 
     Args:
         sessions: ids of existing sessions the calls may target too.
+        actions: whether steps may also flush, passivate an actor and walk
+            `list()` (each walk is checked, see `walk_list`).
         after_call: awaited with each call and its result (or the error it
             raised), for checks that must run right after a call returns.
 
@@ -149,14 +319,40 @@ async def run_workload(runtime: SessionRuntime, data: DataObject, history: Histo
     """
     known: list[UUID] = list(sessions)
     recorder = history.wrap(runtime)
-    pauses = st.just(0.0) if pauses is None else pauses
+    plans = data.draw(programs(tasks, steps, runtime.config, hostility=hostility, timeouts=timeouts,
+                               pauses=pauses, durable=durable, actions=actions,
+                               deadlines=max_deadline_wait > 0))
+    latest: dict[UUID, Session] = {}  # the newest snapshot any call answered, per session
 
-    calls = session_calls(known, runtime.config, hostility=hostility, timeouts=timeouts,
-                          durable=durable)
+    async def wait(step: Step) -> None:
+        if step.pause == AT_DEADLINE:
+            target = _target(step.action, known)
+            session = latest.get(target) if target is not None else None
+            if session is not None and session.is_active:
+                due = runtime.deadline(session)
+                if due - trio.current_time() <= max_deadline_wait:
+                    await trio.sleep_until(due)
+                    return
+        elif step.pause > 0:
+            await trio.sleep(step.pause)
+            return
+        await trio.lowlevel.checkpoint()
 
-    async def worker() -> None:
-        for _ in range(steps):
-            call = data.draw(calls)
+    async def act(action: Action) -> None:  # noqa: ASYNC910  every step's wait() checkpoints
+        if isinstance(action, Flush):
+            await runtime.flush()
+        elif isinstance(action, Passivate):
+            target = _target(action, known)
+            if target is not None:
+                passivate(runtime, target)
+        elif isinstance(action, ListWalk):
+            owner = None
+            if action.owner is not None and known:
+                session = latest.get(known[action.owner.index % len(known)])
+                owner = None if session is None else session.user_id
+            await walk_list(runtime, history, action, owner)
+        else:
+            call = resolve(action, known)
             try:
                 result = await recorder.call(call)
             except SessionError as exc:
@@ -164,15 +360,19 @@ async def run_workload(runtime: SessionRuntime, data: DataObject, history: Histo
             else:
                 if isinstance(call, Create):
                     known.append(result.id)
+                if isinstance(result, Session):
+                    previous = latest.get(result.id)
+                    if previous is None or previous.version < result.version:
+                        latest[result.id] = result
             if after_call is not None:
                 await after_call(call, result)
-            pause = data.draw(pauses)
-            if pause:
-                await trio.sleep(pause)
-            else:
-                await trio.lowlevel.checkpoint()
+
+    async def worker(plan: list[Step]) -> None:  # noqa: ASYNC910  an empty plan: the nursery checkpoints
+        for step in plan:
+            await wait(step)
+            await act(step.action)
 
     async with trio.open_nursery() as nursery:
-        for _ in range(tasks):
-            nursery.start_soon(worker)
+        for plan in plans:
+            nursery.start_soon(worker, plan)
     return known
