@@ -52,7 +52,7 @@ async def observe_store(history: History, store: Store, sessions: list[UUID], ma
         else:
             history.observe(Get(session_id), session_id, loaded[0], since=since)
             history.observe(Context(session_id), session_id, loaded[1][-max_messages:], since=since)
-    return stored
+    return stored  # noqa: ASYNC910  every store load in the loop checkpoints
 
 
 async def check_runtime(rt: SessionRuntime, history: History, store: Store, sessions: list[UUID],
@@ -153,7 +153,7 @@ async def collect_events(rt: SessionRuntime, events: list[SessionEvent], *,
 def resident_watch(rt: SessionRuntime) -> Any:
     """An after_call hook asserting the runtime never runs more than max_resident actors."""
 
-    async def check(call: Any, result: Any) -> None:
+    async def check(call: Any, result: Any) -> None:  # noqa: ASYNC910  a hook that only asserts
         assert rt.metrics().resident <= rt.config.max_resident
 
     return check
