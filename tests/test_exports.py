@@ -33,7 +33,8 @@ MEMBERS = {
     "WriteBatch": {"sessions", "messages", "deletes", "touched", "split", "session_ids"},
 }
 #: Methods of records beyond their fields.
-RECORD_METHODS = {"RuntimeConfig": {"from_env", "from_file", "resolved_data_dir"}}
+RECORD_METHODS = {"RuntimeConfig": {"from_env", "from_file", "resolved_data_dir"},
+                  "Session": {"to_dict", "from_dict"}}
 
 
 def test_all_is_exactly_the_public_names() -> None:

@@ -12,6 +12,7 @@ import trio
 import trio.testing
 
 from trio_sessions import (
+    InvalidArgument,
     MemoryStore,
     RuntimeClosed,
     RuntimeConfig,
@@ -417,3 +418,22 @@ async def test_callers_wait_for_mailbox_room_and_apply_in_arrival_order() -> Non
             store.gate.set()
         assert versions == {i: 2 + i for i in range(5)}
         assert (await rt.get(a.id)).title == "t4"
+
+
+async def test_a_session_goes_to_json_and_back_unchanged() -> None:
+    import json
+
+    async with open_runtime(CONFIG, store=MemoryStore()) as rt:
+        session = await rt.create("u", "max", chat_id="c1", title="t", metadata={"a": [1, {"b": None}]})
+        session = await rt.add_note(session.id, "nota")
+        session = await rt.end(session.id, reason="resolved")
+    data = json.loads(json.dumps(session.to_dict()))
+    assert data["created_at"] == session.created_at.isoformat() and data["notes"][0]["text"] == "nota"
+    back = Session.from_dict(data)
+    assert back == session and back.ended_at is not None and back.metadata == {"a": [1, {"b": None}]}
+    with pytest.raises(TypeError):
+        back.metadata["x"] = 1  # type: ignore[index]  # read-only again
+    with pytest.raises(InvalidArgument):
+        Session.from_dict({**data, "created_at": "2024-01-01T00:00:00"})  # no offset
+    with pytest.raises(InvalidArgument):
+        Session.from_dict({k: v for k, v in data.items() if k != "version"})

@@ -135,6 +135,61 @@ class Session:
         # The metadata mapping is unhashable; (id, version) identifies a snapshot.
         return hash((self.id, self.version))
 
+    # ------------------------------------------------ JSON-ready form, and back
+
+    def to_dict(self) -> dict[str, Any]:
+        """The snapshot as plain JSON values: the id a string, datetimes ISO 8601 with offset,
+        metadata a plain dict, notes a list of {"text", "created_at"}. `json.dumps` takes it."""
+        def iso(at: datetime | None) -> str | None:
+            return None if at is None else at.isoformat()
+
+        return {
+            "id": str(self.id), "user_id": self.user_id, "agent": self.agent, "chat_id": self.chat_id,
+            "title": self.title, "state": self.state, "metadata": json.loads(json.dumps(self.metadata)),
+            "notes": [{"text": n.text, "created_at": n.created_at.isoformat()} for n in self.notes],
+            "is_active": self.is_active, "message_count": self.message_count,
+            "created_at": iso(self.created_at), "updated_at": iso(self.updated_at),
+            "last_activity": iso(self.last_activity), "expires_at": iso(self.expires_at),
+            "ended_at": iso(self.ended_at), "end_reason": self.end_reason, "version": self.version,
+            "timeout": self.timeout,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Session:
+        """The snapshot `to_dict` made (metadata read-only again).
+
+        Raises:
+            InvalidArgument: a field is missing or not of its kind.
+        """
+        def at(name: str) -> datetime:
+            value = data.get(name)
+            try:
+                parsed = datetime.fromisoformat(value) if isinstance(value, str) else None
+            except ValueError:
+                parsed = None
+            if parsed is None or parsed.tzinfo is None:
+                _fail(name, f"must be an ISO 8601 time with its offset, got {_show(value)}")
+            return parsed
+
+        try:
+            notes = tuple(Note(str(n["text"]), datetime.fromisoformat(n["created_at"]))
+                          for n in data.get("notes", ()))
+            return cls(
+                id=check_session_id(data.get("id"), "id"), user_id=data["user_id"], agent=data["agent"],
+                chat_id=data.get("chat_id"), title=data.get("title"), state=data["state"],
+                metadata=check_metadata(data.get("metadata")), notes=notes,
+                is_active=check_bool("is_active", data.get("is_active")),
+                message_count=int(data["message_count"]), created_at=at("created_at"),
+                updated_at=at("updated_at"), last_activity=at("last_activity"),
+                expires_at=at("expires_at"),
+                ended_at=None if data.get("ended_at") is None else at("ended_at"),
+                end_reason=data.get("end_reason"), version=int(data["version"]),
+                timeout=float(data["timeout"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, InvalidArgument):
+                raise
+            _fail("data", f"is not a Session.to_dict() mapping: {_show(exc)}")
+
 
 @dataclass(frozen=True, slots=True)
 class Page:
