@@ -9,14 +9,19 @@ first; what is stored is exactly what was checked.
 from __future__ import annotations
 
 import base64
+import json
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import pytest
+import trio
+from hypothesis import given, settings
+from trio.testing import MockClock
 
-from trio_sessions import InvalidArgument, RuntimeConfig, SessionNotFound, Store, open_runtime
+from trio_sessions import InvalidArgument, MemoryStore, RuntimeConfig, SessionNotFound, Store, open_runtime
 from trio_sessions import _model as model
+from trio_sessions.testing import impostors, metadata, timeouts, user_ids, valid_text
 
 
 class LyingStr(str):
@@ -214,3 +219,20 @@ async def test_expected_version_is_compared_as_the_plain_number(store_factory: C
             await rt.update(s.id, expected_version=LyingInt(10**30), title="x")
         assert info.value.field == "expected_version"
         assert (await rt.update(s.id, expected_version=LyingInt(1), title="x")).version == 2
+
+
+@settings(max_examples=25, deadline=None)
+@given(impostors(user_ids()), impostors(valid_text(model.MAX_TITLE_CHARS)),
+       impostors(metadata(valid_only=True)), impostors(timeouts(valid_only=True)))
+def test_impostors_are_stored_as_the_data_they_hold(user: Any, title: Any, meta: Any, timeout: Any) -> None:
+    async def scenario() -> None:
+        store = MemoryStore()
+        async with open_runtime(store=store) as rt:
+            s = await rt.create(user[1], "max", title=title[1], metadata=meta[1], timeout=timeout[1])
+        async with open_runtime(store=store) as rt:
+            got = await rt.get(s.id)
+        assert (type(got.user_id), type(got.title)) == (str, str)
+        assert (got.user_id, got.title, got.timeout) == (user[0], title[0], float(timeout[0]))
+        assert json.dumps(dict(got.metadata)) == json.dumps(meta[0])
+
+    trio.run(scenario, clock=MockClock())
