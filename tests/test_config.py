@@ -54,7 +54,7 @@ def test_from_env_rejects_garbage() -> None:
     assert info.value.field == "TRIO_SESSIONS_MAX_RESIDENT"
     with pytest.raises(InvalidArgument) as info:
         RuntimeConfig.from_env({"SESSION_TIMEOUT_MINUTES": "-1"})
-    assert info.value.field == "session_timeout"
+    assert info.value.field == "SESSION_TIMEOUT_MINUTES"
 
 
 def test_from_file(tmp_path: Path) -> None:
@@ -83,3 +83,64 @@ def test_data_dir_default_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path:
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
     assert RuntimeConfig().resolved_data_dir() == tmp_path / "trio-sessions" / "postgres"
     assert RuntimeConfig(data_dir="~/pg").resolved_data_dir() == Path("~/pg").expanduser()
+
+
+@pytest.mark.parametrize(("environ", "named"), [
+    ({"SESSION_TIMEOUT_MINUTES": "-5"}, "SESSION_TIMEOUT_MINUTES"),
+    ({"TRIO_SESSIONS_SESSION_TIMEOUT": "-5"}, "TRIO_SESSIONS_SESSION_TIMEOUT"),
+    ({"TRIO_SESSIONS_MAX_MESSAGES": "0"}, "TRIO_SESSIONS_MAX_MESSAGES"),
+    ({"TRIO_SESSIONS_CALL_TIMEOUT": "nan"}, "TRIO_SESSIONS_CALL_TIMEOUT"),
+    ({"TRIO_SESSIONS_AUTO_MIGRATE": "maybe"}, "TRIO_SESSIONS_AUTO_MIGRATE"),
+    ({"DATABASE_URL": "mysql://x/y"}, "DATABASE_URL"),
+])
+def test_env_errors_name_the_variable(environ: dict[str, str], named: str) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        RuntimeConfig.from_env(environ)
+    assert info.value.field == named
+    assert "-300" not in str(info.value)
+
+
+def test_a_misspelled_variable_is_an_error_listing_the_known_ones() -> None:
+    with pytest.raises(InvalidArgument) as info:
+        RuntimeConfig.from_env({"TRIO_SESSIONS_MAX_RESIDNET": "3"})
+    assert info.value.field == "TRIO_SESSIONS_MAX_RESIDNET"
+    assert "TRIO_SESSIONS_MAX_RESIDENT" in str(info.value)
+
+
+def test_optional_fields_and_booleans_from_the_environment() -> None:
+    config = RuntimeConfig.from_env({"TRIO_SESSIONS_CALL_TIMEOUT": "none",
+                                     "TRIO_SESSIONS_AUTO_MIGRATE": "false"})
+    assert config.call_timeout is None and config.auto_migrate is False
+    assert RuntimeConfig.from_env({"TRIO_SESSIONS_CALL_TIMEOUT": "2.5"}).call_timeout == 2.5
+    assert RuntimeConfig().auto_migrate is True
+
+
+def test_prefixed_variables_win_over_the_plain_ones() -> None:
+    config = RuntimeConfig.from_env({
+        "DATABASE_URL": "postgresql://plain/db", "TRIO_SESSIONS_DATABASE_URL": "postgresql://ours/db",
+        "SESSION_TIMEOUT_MINUTES": "5", "TRIO_SESSIONS_SESSION_TIMEOUT": "42",
+    })
+    assert (config.database_url, config.session_timeout) == ("postgresql://ours/db", 42.0)
+
+
+def test_from_file_errors_name_the_key_and_stray_top_level_keys(tmp_path: Path) -> None:
+    path = tmp_path / "sessions.toml"
+    path.write_text("[trio_sessions]\nmax_messages = 0\n")
+    with pytest.raises(InvalidArgument) as info:
+        RuntimeConfig.from_file(path)
+    assert info.value.field == "trio_sessions.max_messages"
+    path.write_text("max_resident = 3\n[trio_sessions]\nmax_messages = 5\n")
+    with pytest.raises(InvalidArgument) as info:
+        RuntimeConfig.from_file(path)
+    assert info.value.field == "max_resident"
+    path.write_text("[tool.other]\nx = 1\n[trio_sessions]\nauto_migrate = false\n")
+    assert RuntimeConfig.from_file(path).auto_migrate is False
+
+
+def test_config_stores_plain_values() -> None:
+    class Lying(int):
+        def __index__(self) -> int:
+            return 0
+
+    config = RuntimeConfig(max_messages=Lying(7))
+    assert type(config.max_messages) is int and config.max_messages == 7

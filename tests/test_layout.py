@@ -19,7 +19,7 @@ PACKAGE = Path(trio_sessions.__file__).parent
 #: Rank of each private module: a module may import only modules of a lower rank.
 #: Modules not listed (the CLI, the demo, the testing kit, __init__) sit on top.
 RANKS = {
-    "_errors": 0, "_clock": 0,
+    "_errors": 0, "_clock": 0, "_secrets": 0,
     "_model": 1, "_metrics": 1, "_migrations": 1, "_health": 1,
     "_cursor": 2, "_config": 2,
     "_store": 3,

@@ -253,7 +253,9 @@ class SessionActor:
                 # which would hammer a store that is down).
                 until = host.clock.now() + host.config.retry_max_delay
                 host.deadlines.defer(self.id, command.deadline, until)
-            reply.settle(None, StoreUnavailable(str(exc)))
+            error = StoreUnavailable(str(exc))
+            error.__cause__ = exc.__cause__ or exc  # what the store raised, for every caller
+            reply.settle(None, error)
         self._mailbox = None
 
     async def _load(self) -> None:

@@ -7,19 +7,37 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
+from urllib.parse import urlsplit
 
 from ._errors import InvalidArgument
-from ._model import check_int, check_optional_text, check_seconds
+from ._model import check_bool, check_int, check_optional_text, check_seconds
+from ._secrets import redact_url
 
-ENV_PREFIX = "TRIO_SESSIONS_"
+ENV_PREFIX: Final = "TRIO_SESSIONS_"
+_SCHEMES: Final = ("postgresql", "postgres")
+_INT_RANGES: Final = (
+    ("max_messages", 1, 100_000),
+    ("max_content_bytes", 1, 64 * 1024 * 1024),
+    ("max_resident", 1, 100_000_000),
+    ("mailbox_size", 1, 1_000_000),
+    ("flush_batch", 1, 1_000_000),
+    ("flush_concurrency", 1, 1000),
+    ("max_pending", 1, 1_000_000_000),
+    ("subscriber_buffer", 1, 10_000_000),
+    ("pool_min", 0, 10_000),
+    ("pool_max", 1, 10_000),
+    ("read_attempts", 1, 1000),
+    ("alert_flush_failures", 1, 1_000_000),
+)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class RuntimeConfig:
     """Settings of one runtime. Durations are float seconds, as everywhere in Trio.
 
-    Invalid values raise `InvalidArgument` naming the field when the config is made.
+    Invalid values raise `InvalidArgument` naming the field when the config is
+    made. `repr()` and `str()` show `database_url` with its password redacted.
     """
 
     #: PostgreSQL URL; None means `DATABASE_URL` if set, else an embedded server.
@@ -69,29 +87,25 @@ class RuntimeConfig:
     alert_pending_fraction: float = 0.8
     #: Warn after this many consecutive failed flushes.
     alert_flush_failures: int = 3
+    #: Apply migrations at start; with it off, the runtime only checks the schema is current.
+    auto_migrate: bool = True
 
     def __post_init__(self) -> None:
-        check_optional_text("database_url", self.database_url, max_chars=4096)
-        check_optional_text("data_dir", self.data_dir, max_chars=4096)
+        set_ = object.__setattr__  # store the plain values that were checked
+        url = check_optional_text("database_url", self.database_url, max_chars=4096)
+        if url is not None:
+            _check_url(url)
+        set_(self, "database_url", url)
+        set_(self, "data_dir", check_optional_text("data_dir", self.data_dir, max_chars=4096))
+        set_(self, "auto_migrate", check_bool("auto_migrate", self.auto_migrate))
         if self.call_timeout is not None:
             object.__setattr__(self, "call_timeout", check_seconds("call_timeout", self.call_timeout))
-        set_ = object.__setattr__  # normalise ints given for float fields
         for name in ("session_timeout", "passivate_after", "flush_interval", "connect_timeout",
                      "command_timeout", "max_inactive_connection_lifetime", "retry_initial_delay",
                      "retry_max_delay", "shutdown_timeout"):
             set_(self, name, check_seconds(name, getattr(self, name)))
-        check_int("max_messages", self.max_messages, low=1, high=100_000)
-        check_int("max_content_bytes", self.max_content_bytes, low=1, high=64 * 1024 * 1024)
-        check_int("max_resident", self.max_resident, low=1, high=100_000_000)
-        check_int("mailbox_size", self.mailbox_size, low=1, high=1_000_000)
-        check_int("flush_batch", self.flush_batch, low=1, high=1_000_000)
-        check_int("flush_concurrency", self.flush_concurrency, low=1, high=1000)
-        check_int("max_pending", self.max_pending, low=1, high=1_000_000_000)
-        check_int("subscriber_buffer", self.subscriber_buffer, low=1, high=10_000_000)
-        check_int("pool_min", self.pool_min, low=0, high=10_000)
-        check_int("pool_max", self.pool_max, low=1, high=10_000)
-        check_int("read_attempts", self.read_attempts, low=1, high=1000)
-        check_int("alert_flush_failures", self.alert_flush_failures, low=1, high=1_000_000)
+        for name, low, high in _INT_RANGES:
+            set_(self, name, check_int(name, getattr(self, name), low=low, high=high))
         fraction = check_seconds("alert_pending_fraction", self.alert_pending_fraction, high=1.0)
         set_(self, "alert_pending_fraction", fraction)
         if self.pool_min > self.pool_max:
@@ -99,40 +113,84 @@ class RuntimeConfig:
         if self.retry_initial_delay > self.retry_max_delay:
             raise InvalidArgument("retry_initial_delay", "must not exceed retry_max_delay")
 
+    def __repr__(self) -> str:
+        shown = ", ".join(
+            f"{field.name}={redact_url(self.database_url)!r}" if field.name == "database_url"
+            and self.database_url is not None else f"{field.name}={getattr(self, field.name)!r}"
+            for field in fields(self))
+        return f"RuntimeConfig({shown})"
+
+    __str__ = __repr__
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> RuntimeConfig:
-        """Read `DATABASE_URL`, `SESSION_TIMEOUT_MINUTES` and `TRIO_SESSIONS_<FIELD>`.
+        """Read `TRIO_SESSIONS_<FIELD>` for every field, and `DATABASE_URL`, `SESSION_TIMEOUT_MINUTES`.
+
+        Only the environment is read; fields it does not set keep their
+        defaults. Precedence: `TRIO_SESSIONS_DATABASE_URL` over
+        `DATABASE_URL`, `TRIO_SESSIONS_SESSION_TIMEOUT` (seconds) over
+        `SESSION_TIMEOUT_MINUTES`. A `TRIO_SESSIONS_` variable that names no
+        field is an error listing the known ones. `none` (or an empty value)
+        sets an optional field (`call_timeout`, `data_dir`, `database_url`)
+        to None; booleans read `true`/`false`, `1`/`0`, `yes`/`no`.
 
         Args:
             environ: the variables to read; `os.environ` when None.
+
+        Raises:
+            InvalidArgument: naming the variable that holds the bad value.
         """
         env = os.environ if environ is None else environ
+        known = {ENV_PREFIX + field.name.upper(): field.name for field in fields(cls)}
+        for key in env:
+            if key.startswith(ENV_PREFIX) and key not in known:
+                raise InvalidArgument(key, f"is not a setting; known: {', '.join(sorted(known))}")
         values: dict[str, Any] = {}
+        origin: dict[str, str] = {}
         if env.get("DATABASE_URL"):
-            values["database_url"] = env["DATABASE_URL"]
+            values["database_url"], origin["database_url"] = env["DATABASE_URL"], "DATABASE_URL"
         if "SESSION_TIMEOUT_MINUTES" in env:
-            minutes = _parse("SESSION_TIMEOUT_MINUTES", env["SESSION_TIMEOUT_MINUTES"], float)
-            values["session_timeout"] = minutes * 60.0
-        for field in fields(cls):
-            key = ENV_PREFIX + field.name.upper()
+            text = env["SESSION_TIMEOUT_MINUTES"]
+            minutes = _parse("SESSION_TIMEOUT_MINUTES", text, float)
+            try:
+                values["session_timeout"] = check_seconds("session_timeout", minutes * 60.0)
+            except InvalidArgument:
+                problem = f"must be a finite number of minutes above 0, got {text!r:.80}"
+                raise InvalidArgument("SESSION_TIMEOUT_MINUTES", problem) from None
+        for key, name in known.items():
             if key in env:
-                values[field.name] = _parse(key, env[key], _field_type(field.name))
-        return cls(**values)
+                values[name], origin[name] = _parse(key, env[key], _field_type(name)), key
+        return _made(cls, values, origin)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> RuntimeConfig:
-        """Read a TOML file: field names as keys, at top level or under `[trio_sessions]`."""
+        """Read a TOML file: field names as keys, under `[trio_sessions]` or, without it, at top level.
+
+        Only the file is read, not the environment; combine them with
+        `dataclasses.replace(RuntimeConfig.from_file(path), **overrides)`.
+        When a `[trio_sessions]` table exists, any other top-level key that
+        is not a table (a setting written outside the table, say) is an
+        error, as is an unknown key.
+
+        Raises:
+            InvalidArgument: naming the TOML key that holds the bad value.
+        """
+        where = os.fspath(path)
         try:
             with open(path, "rb") as file:
                 document = tomllib.load(file)
         except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise InvalidArgument("path", f"cannot read {os.fspath(path)!r}: {exc}") from exc
+            raise InvalidArgument("path", f"cannot read {where!r}: {exc}") from exc
         table = document.get("trio_sessions", document)
         if not isinstance(table, dict):
             raise InvalidArgument("trio_sessions", "must be a TOML table")
-        _check_names(table, os.fspath(path))
-        values: dict[str, Any] = table
-        return cls(**values)  # validation converts ints given for durations
+        if table is not document:
+            for key, value in document.items():
+                if key != "trio_sessions" and not isinstance(value, dict):
+                    raise InvalidArgument(key, f"is outside the [trio_sessions] table of {where}")
+        _check_names(table, where)
+        prefix = "trio_sessions." if table is not document else ""
+        return _made(cls, dict(table), {name: f"{prefix}{name}" for name in table})
 
     def resolved_data_dir(self) -> Path:
         """The embedded server's data folder: `data_dir`, else under XDG_DATA_HOME."""
@@ -142,7 +200,35 @@ class RuntimeConfig:
         return Path(base) / "trio-sessions" / "postgres"
 
 
-_FIELD_TYPES = {"str | None": str, "float": float, "float | None": float, "int": int}
+_FIELD_TYPES: Final = {"str | None": str, "float": float, "float | None": float, "int": int, "bool": bool}
+_OPTIONAL: Final = frozenset({"database_url", "data_dir", "call_timeout"})
+
+
+def _made(cls: type[RuntimeConfig], values: dict[str, Any], origin: Mapping[str, str]) -> RuntimeConfig:
+    """`cls(**values)`, with an error naming the variable or key the bad value came from."""
+    try:
+        return cls(**values)
+    except InvalidArgument as exc:
+        source = origin.get(exc.field)
+        if source is None or source == exc.field:
+            raise
+        raise InvalidArgument(source, exc.problem) from None
+
+
+def _check_url(url: str) -> None:
+    """A PostgreSQL URL the driver can parse; the message never shows the password."""
+    shown = redact_url(url)
+    scheme, separator, rest = url.partition("://")
+    if not separator or scheme.lower() not in _SCHEMES:
+        raise InvalidArgument("database_url", f"must start with postgresql:// (got {shown!r})")
+    authority = rest.partition("?")[0]
+    if authority.count("@") > 1 or "/" in authority.rpartition("@")[0]:
+        raise InvalidArgument("database_url", "the user or password holds an unescaped '@' or '/': "
+                              f"percent-encode it (%40, %2F); got {shown!r}")
+    try:
+        urlsplit(url).port  # noqa: B018  parsing the port is the check
+    except ValueError:
+        raise InvalidArgument("database_url", f"has a malformed host or port: {shown!r}") from None
 
 
 def _field_type(name: str) -> type:
@@ -160,8 +246,15 @@ def _check_names(values: Mapping[str, Any], where: str) -> None:
 
 
 def _parse(key: str, text: str, kind: type) -> Any:
+    if key.removeprefix(ENV_PREFIX).lower() in _OPTIONAL and text.strip().lower() in {"", "none"}:
+        return None
     if kind is str:
         return text
+    if kind is bool:
+        flag = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+        if text.strip().lower() not in flag:
+            raise InvalidArgument(key, f"must be true or false, got {text!r:.80}")
+        return flag[text.strip().lower()]
     try:
         return kind(text)
     except ValueError:

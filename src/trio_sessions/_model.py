@@ -11,7 +11,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final, Literal, NoReturn
+from typing import Any, Final, Literal, NoReturn, cast
 from uuid import UUID
 
 from ._errors import InvalidArgument
@@ -217,24 +217,65 @@ def _fail(field: str, problem: str) -> NoReturn:
     raise InvalidArgument(field, problem)
 
 
+# Input is normalised before it is checked: each check first turns the value
+# into a plain object of the exact built-in type (`str`, `int`, `float`,
+# `UUID`, `dict`, `list`), read through the built-in type's own methods, so a
+# subclass whose `__str__`, `__eq__`, `__hash__`, `__index__`, `items()` or
+# `__iter__` tells another story than the data it holds is checked and stored
+# as that data, never as what its methods say. The type is taken from
+# `type(value)`, not `isinstance` (which believes a `__class__` property).
+# What is returned is what was checked, and only that is ever stored.
+# tests/test_lying_input.py pins this for every public call.
+
+def _type_name(value: object) -> str:
+    return type.__dict__["__name__"].__get__(type(value))  # type: ignore[no-any-return]
+
+
 def _show(value: object, width: int = 80) -> str:
-    """A bounded repr that never fails (Python refuses to print ints of over 4300 digits)."""
-    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
-        return f"<an integer of {value.bit_length()} bits>"
-    text = repr(value)
+    """A bounded repr that never fails, and never asks a hostile object for its own repr."""
+    kind = type(value)
+    if issubclass(kind, bool) or value is None:
+        text = repr(value)
+    elif issubclass(kind, int):
+        number = int.__index__(cast(int, value))
+        if number.bit_length() > 64:  # Python refuses to print ints of over 4300 digits
+            return f"<an integer of {number.bit_length()} bits>"
+        text = int.__repr__(number)
+    elif issubclass(kind, float):
+        text = float.__repr__(value)
+    elif issubclass(kind, str):
+        text = str.__repr__(value)
+    elif issubclass(kind, bytes):
+        text = bytes.__repr__(value)
+    else:
+        text = f"<a {_type_name(value)}>"
     return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def plain_str(field: str, value: object) -> str:
+    """`value` as an exact `str` holding the characters it holds; InvalidArgument if not a string."""
+    if not issubclass(type(value), str):
+        _fail(field, f"must be a string, not {_type_name(value)}")
+    return str.__str__(value)  # an exact copy for a subclass
+
+
+def plain_int(field: str, value: object) -> int:
+    """`value` as an exact `int`; InvalidArgument for a bool or a non-integer."""
+    kind = type(value)
+    if kind is bool or not issubclass(kind, int):
+        _fail(field, f"must be an integer, not {_type_name(value)}")
+    return int.__index__(cast(int, value))  # an exact copy for a subclass
 
 
 def check_text(field: str, value: object, *, max_chars: int) -> str:
     """A non-empty string PostgreSQL can store: no NUL, valid UTF-8, bounded."""
-    if not isinstance(value, str):
-        _fail(field, f"must be a string, not {type(value).__name__}")
-    if not value or value.isspace():
+    text = plain_str(field, value)
+    if not text or text.isspace():
         _fail(field, "must not be empty")
-    if len(value) > max_chars:
-        _fail(field, f"must be at most {max_chars} characters, got {len(value)}")
-    _check_storable(field, value)
-    return value
+    if len(text) > max_chars:
+        _fail(field, f"must be at most {max_chars} characters, got {len(text)}")
+    _check_storable(field, text)
+    return text
 
 
 def check_optional_text(field: str, value: object, *, max_chars: int) -> str | None:
@@ -251,40 +292,51 @@ def _check_storable(field: str, value: str) -> None:
 
 
 def check_session_id(value: object, field: str = "session_id") -> UUID:
-    if isinstance(value, UUID):
-        return value
-    if isinstance(value, str):
+    kind = type(value)
+    if kind is UUID:
+        return value  # type: ignore[return-value]
+    if issubclass(kind, UUID):
+        # A subclass (asyncpg's own, a caller's): asked once for its number,
+        # from which an exact UUID is built, so the id used is the id checked.
         try:
-            return UUID(value)
+            number = value.int  # type: ignore[attr-defined]
+        except Exception:
+            number = None
+        if issubclass(type(number), int) and type(number) is not bool:
+            number = int.__index__(number)
+            if 0 <= number < 1 << 128:
+                return UUID(int=number)
+    elif issubclass(kind, str):
+        try:
+            return UUID(plain_str(field, value))
         except ValueError:
             pass
     _fail(field, f"must be a UUID, got {_show(value)}")
 
 
 def check_role(value: object) -> str:
-    if not isinstance(value, str) or value not in ROLES:
+    role = plain_str("role", value) if issubclass(type(value), str) else None
+    if role not in ROLES:
         _fail("role", f"must be one of {sorted(ROLES)}, got {_show(value)}")
-    return value
+    return role
 
 
 def check_content(value: object, *, max_bytes: int) -> str:
-    if not isinstance(value, str):
-        _fail("content", f"must be a string, not {type(value).__name__}")
-    if not value:
+    content = plain_str("content", value)
+    if not content:
         _fail("content", "must not be empty")
-    _check_storable("content", value)
-    size = len(value.encode("utf-8"))
+    _check_storable("content", content)
+    size = len(content.encode("utf-8"))
     if size > max_bytes:
         _fail("content", f"must be at most {max_bytes} bytes of UTF-8, got {size}")
-    return value
+    return content
 
 
 def check_int(field: str, value: object, *, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        _fail(field, f"must be an integer, not {type(value).__name__}")
-    if not low <= value <= high:
-        _fail(field, f"must be between {low} and {high}, got {_show(value)}")
-    return value
+    number = plain_int(field, value)
+    if not low <= number <= high:
+        _fail(field, f"must be between {low} and {high}, got {_show(number)}")
+    return number
 
 
 def check_optional_int(field: str, value: object, *, low: int, high: int) -> int | None:
@@ -293,71 +345,113 @@ def check_optional_int(field: str, value: object, *, low: int, high: int) -> int
 
 def check_seconds(field: str, value: object, *, high: float = math.inf, zero_ok: bool = False) -> float:
     """A duration in seconds: a finite real number, positive (or zero when allowed)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        _fail(field, f"must be a number of seconds, not {type(value).__name__}")
-    try:
-        seconds = float(value)
-    except OverflowError:
-        _fail(field, f"must be at most {high} seconds, got {_show(value)}")
+    kind = type(value)
+    if kind is bool or not issubclass(kind, (int, float)):
+        _fail(field, f"must be a number of seconds, not {_type_name(value)}")
+    if issubclass(kind, float):
+        seconds = float.__float__(cast(float, value))  # an exact copy for a subclass
+    else:
+        try:
+            seconds = float(int.__index__(cast(int, value)))
+        except OverflowError:
+            _fail(field, f"must be at most {high} seconds, got {_show(value)}")
     if not math.isfinite(seconds):
-        _fail(field, f"must be finite, got {value}")
+        _fail(field, f"must be finite, got {seconds}")
     if seconds < 0 or (seconds == 0 and not zero_ok):
-        _fail(field, f"must be {'at least 0' if zero_ok else 'greater than 0'}, got {value}")
+        _fail(field, f"must be {'at least 0' if zero_ok else 'greater than 0'}, got {_show(value)}")
     if 0 < seconds < MIN_SECONDS:
         # Timestamps hold microseconds: a shorter duration would round to nothing.
-        _fail(field, f"must be at least {MIN_SECONDS} seconds (one microsecond), got {value}")
+        _fail(field, f"must be at least {MIN_SECONDS} seconds (one microsecond), got {seconds}")
     if seconds > high:
         _fail(field, f"must be at most {high} seconds, got {_show(value)}")
     return seconds
 
 
 def check_bool(field: str, value: object) -> bool:
-    if not isinstance(value, bool):
+    if type(value) is not bool:
         _fail(field, f"must be True or False, not {_show(value, 40)}")
-    return value
+    return value is True
 
 
 def check_metadata(value: object, field: str = "metadata") -> JsonObject:
-    """Plain JSON: string keys, finite numbers, no NUL; returned deep-frozen."""
+    """Plain JSON: string keys, finite numbers, no NUL; returned deep-frozen, as plain copies."""
     if value is None:
         return EMPTY_METADATA
     if not isinstance(value, Mapping):
-        _fail(field, f"must be a mapping, not {type(value).__name__}")
+        _fail(field, f"must be a mapping, not {_type_name(value)}")
     frozen = _freeze(value, field, depth=0)
-    assert isinstance(frozen, JsonObject)
+    if type(frozen) is not JsonObject:  # a lying __class__ got past isinstance(Mapping)
+        _fail(field, f"must be a mapping, not {_type_name(value)}")
     size = _json_size(frozen)
     if size > MAX_METADATA_BYTES:
         _fail(field, f"must encode to at most {MAX_METADATA_BYTES} bytes of JSON, got {size}")
     return frozen
 
 
+#: No JSON object within the size limit has more entries (each takes at least `"":0,`);
+#: reading stops there, so an endless `items()` is refused rather than read for ever.
+_MAX_ENTRIES: Final = MAX_METADATA_BYTES // 5
+
+
 def _freeze(value: object, path: str, depth: int) -> Any:
     if depth > MAX_METADATA_DEPTH:
         _fail(path, f"nests deeper than {MAX_METADATA_DEPTH} levels")
-    if value is None or isinstance(value, bool):
+    kind = type(value)
+    if value is None or kind is bool:
         return value
-    if isinstance(value, int):
-        if not -MAX_JSON_INT - 1 <= value <= MAX_JSON_INT:
-            _fail(path, f"integers must fit in 64 bits, got {_show(value)}")
-        return int(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            _fail(path, f"must be a finite number, got {value}")
-        return float(value)
-    if isinstance(value, str):
-        _check_storable(path, value)
-        return str(value)
+    if issubclass(kind, int):
+        number = int.__index__(cast(int, value))
+        if not -MAX_JSON_INT - 1 <= number <= MAX_JSON_INT:
+            _fail(path, f"integers must fit in 64 bits, got {_show(number)}")
+        return number
+    if issubclass(kind, float):
+        real = float.__float__(cast(float, value))
+        if not math.isfinite(real):
+            _fail(path, f"must be a finite number, got {real}")
+        return real
+    if issubclass(kind, str):
+        text = str.__str__(value)
+        _check_storable(path, text)
+        return text
+    if issubclass(kind, (list, tuple)):
+        items: list[object] = list(list.__iter__(cast(list[object], value)) if issubclass(kind, list)
+                                   else tuple.__iter__(cast(tuple[object, ...], value)))
+        return JsonArray(_freeze(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(items))
     if isinstance(value, Mapping):
-        items = {}
-        for key, item in value.items():
-            if not isinstance(key, str):
+        entries: dict[str, Any] = {}
+        for key, item in _entries(value, path):
+            if not issubclass(type(key), str):
                 _fail(path, f"keys must be strings, got {_show(key, 40)}")
-            _check_storable(f"{path} key", key)
-            items[str(key)] = _freeze(item, f"{path}[{key!r:.40}]", depth + 1)
-        return JsonObject(items)
-    if isinstance(value, (list, tuple)):
-        return JsonArray(_freeze(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value))
-    _fail(path, f"must be plain JSON (null, bool, number, string, list, object), not {type(value).__name__}")
+            name = str.__str__(key)
+            _check_storable(f"{path} key", name)
+            if name in entries:
+                _fail(path, f"has the key {name!r:.40} twice")
+            entries[name] = _freeze(item, f"{path}[{name!r:.40}]", depth + 1)
+        return JsonObject(entries)
+    _fail(path, f"must be plain JSON (null, bool, number, string, list, object), not {_type_name(value)}")
+
+
+def _entries(mapping: Mapping[Any, Any], path: str) -> list[tuple[object, object]]:
+    """One snapshot of a mapping's (key, value) pairs: a dict's own, another mapping's `items()`.
+
+    What the snapshot holds is all that is checked and stored; `keys()`,
+    `__iter__` and `__getitem__` are never asked again.
+    """
+    pairs: list[tuple[object, object]] = []
+    try:
+        source = (dict.items(cast(dict[object, object], mapping)) if issubclass(type(mapping), dict)
+                  else mapping.items())
+        for pair in source:
+            if type(pair) is not tuple or len(pair) != 2:
+                _fail(path, "items() must give (key, value) pairs")
+            if len(pairs) == _MAX_ENTRIES:
+                _fail(path, f"has more than {_MAX_ENTRIES} entries")
+            pairs.append(pair)
+    except InvalidArgument:
+        raise
+    except Exception as exc:  # a mapping whose items() fails: the caller's value is bad
+        raise InvalidArgument(path, f"could not be read ({_type_name(exc)} from its items())") from exc
+    return pairs
 
 
 def _json_size(value: JsonObject) -> int:

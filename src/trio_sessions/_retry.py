@@ -17,7 +17,7 @@ import trio
 from loguru import logger
 
 from ._config import RuntimeConfig
-from ._errors import StoreUnavailable
+from ._errors import SessionError, StoreUnavailable
 from ._metrics import Counters
 
 P = ParamSpec("P")
@@ -28,6 +28,18 @@ T = TypeVar("T")
 #: is written to within this time, not after a backoff of up to `retry_max_delay`. One light
 #: probe per interval, from one task, is no load on a store that is down.
 PROBE_INTERVAL: Final = 0.2
+
+
+def foreign_failure(exc: Exception) -> StoreUnavailable:
+    """What a public call raises for an exception a store should not have raised (not retried).
+
+    Only `SessionError`s leave a public call: a driver's or a third-party
+    store's own exception becomes `StoreUnavailable`, the original chained
+    as its cause (`raise ... from exc`), so nothing is hidden. Only the type
+    is named: a driver's message may quote a URL. `AssertionError` is never
+    converted (tests/test_foreign_errors.py).
+    """
+    return StoreUnavailable(f"the store failed with {type(exc).__name__} (see the chained exception)")
 
 
 class Retry:
@@ -59,6 +71,10 @@ class Retry:
                 if attempt == attempts:
                     raise
                 delay = await self._back_off(delay)
+            except (SessionError, AssertionError):
+                raise  # the store's own answer, or a broken invariant: as it was raised
+            except Exception as exc:
+                raise foreign_failure(exc) from exc
         raise AssertionError("unreachable")  # pragma: no cover - the last attempt raises
 
     async def write(self, probe: Callable[[], Awaitable[None]], fn: Callable[P, Awaitable[None]],

@@ -15,7 +15,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Concatenate, Final, ParamSpec, TypeVar
 from uuid import UUID
 
@@ -147,8 +147,8 @@ class SessionRuntime:
         Cancellation: nothing changes (a read is simply abandoned).
         """
         sid = model.check_session_id(session_id)
-        if user_id is not None:
-            model.check_text("user_id", user_id, max_chars=model.MAX_ID_CHARS)
+        if user_id is not None:  # the plain string: a subclass's __ne__ must not decide ownership
+            user_id = model.check_text("user_id", user_id, max_chars=model.MAX_ID_CHARS)
         sup = self._sup
         sup.check_open()
         await trio.lowlevel.checkpoint()
@@ -194,7 +194,8 @@ class SessionRuntime:
         durable call waits for the commit, the change stands and is committed.
         """
         sid = model.check_session_id(session_id)
-        model.check_optional_int("expected_version", expected_version, low=1, high=2**63 - 1)
+        expected_version = model.check_optional_int("expected_version", expected_version,
+                                                    low=1, high=2**63 - 1)
         changes: dict[str, Any] = {}
         if title is not _UNSET:
             changes["title"] = model.check_optional_text("title", title, max_chars=model.MAX_TITLE_CHARS)
@@ -305,12 +306,13 @@ class SessionRuntime:
 
         Cancellation: nothing changes (the flush it waits for goes on).
         """
+        limit = model.check_int("limit", limit, low=1, high=MAX_PAGE)
         query = ListQuery(
             user_id=model.check_optional_text("user_id", user_id, max_chars=model.MAX_ID_CHARS),
             agent=model.check_optional_text("agent", agent, max_chars=model.MAX_NAME_CHARS),
             chat_id=model.check_optional_text("chat_id", chat_id, max_chars=model.MAX_ID_CHARS),
             active=None if active is None else model.check_bool("active", active),
-            limit=model.check_int("limit", limit, low=1, high=MAX_PAGE) + 1,
+            limit=limit + 1,
             after=None if after is None else _decode_cursor(after),
         )
         self._sup.check_open()
@@ -383,21 +385,41 @@ class SessionRuntime:
 
 
 def _encode_cursor(session: Session) -> str:
-    raw = f"{session.created_at.isoformat()}|{session.id}".encode()
-    return base64.urlsafe_b64encode(raw).decode("ascii")
+    return _cursor_text(session.created_at.astimezone(UTC), session.id)
 
 
-def _decode_cursor(cursor: object) -> tuple[datetime, UUID]:
-    if not isinstance(cursor, str) or len(cursor) > 200:
-        raise InvalidArgument("after", "must be a cursor from Page.next_cursor")
+def _cursor_text(at: datetime, session_id: UUID) -> str:
+    return base64.urlsafe_b64encode(f"{at.isoformat()}|{session_id}".encode()).decode("ascii")
+
+
+def _decode_cursor(value: object) -> tuple[datetime, UUID]:
+    """The keyset a cursor names; InvalidArgument for any text `_encode_cursor` did not make.
+
+    Not authenticated, but checked strictly: a cursor carries only the
+    position of a session the caller was shown, and forging one grants
+    nothing (filters still apply), so what matters is that every cursor that
+    passes decodes into values any store accepts. The timestamp must be UTC
+    (a forged offset once pushed it out of PostgreSQL's range and came back
+    as asyncpg's DataError) and the text must be exactly what encoding the
+    decoded values gives back. A key-signed cursor would break across
+    restarts and across the processes that will share one database.
+    """
+    cursor = model.plain_str("after", value)
+    refused = InvalidArgument("after", "must be a cursor from Page.next_cursor")
+    if len(cursor) > 200:
+        raise refused
     try:
         created, _, session_id = base64.urlsafe_b64decode(cursor.encode("ascii")).decode().partition("|")
         at = datetime.fromisoformat(created)
-        if at.tzinfo is None:
-            raise ValueError("naive timestamp")
-        return at, UUID(session_id)
+        key = UUID(session_id)
     except (ValueError, UnicodeError, binascii.Error):
-        raise InvalidArgument("after", "must be a cursor from Page.next_cursor") from None
+        raise refused from None
+    if at.utcoffset() != timedelta(0):
+        raise refused
+    at = at.replace(tzinfo=UTC)
+    if _cursor_text(at, key) != cursor:
+        raise refused
+    return at, key
 
 
 @asynccontextmanager
@@ -443,7 +465,7 @@ async def open_runtime(config: RuntimeConfig | None = None, *,
     """
     if config is None:
         config = RuntimeConfig()
-    elif not isinstance(config, RuntimeConfig):
+    elif not issubclass(type(config), RuntimeConfig):
         raise InvalidArgument("config", f"must be a RuntimeConfig, not {type(config).__name__}")
     if store is not None and not isinstance(store, Store):
         raise InvalidArgument("store", f"must implement the Store protocol, not {type(store).__name__}")

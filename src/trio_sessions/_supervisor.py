@@ -36,7 +36,7 @@ from ._health import Health
 from ._metrics import Counters, MetricsSnapshot
 from ._model import EventKind, Session
 from ._readthrough import ReadThrough
-from ._retry import Retry
+from ._retry import Retry, foreign_failure
 from ._store import Store
 from ._subscriptions import EventHub
 from ._writebehind import WriteBehind
@@ -318,6 +318,10 @@ class Supervisor:
                 await self.reads.probe()
             except StoreUnavailable:
                 pass
+            except AssertionError:
+                raise
+            except Exception as exc:  # a foreign exception: unreachable, and said so
+                self.retry.last_error = str(foreign_failure(exc))
             else:
                 reachable = True
         writebehind = self.writebehind

@@ -41,6 +41,7 @@ from ._reference import SessionModel as SessionModel
 from ._strategies import agents as agents
 from ._strategies import chat_ids as chat_ids
 from ._strategies import hostile_text as hostile_text
+from ._strategies import impostors as impostors
 from ._strategies import json_values as json_values
 from ._strategies import limits as limits
 from ._strategies import message_contents as message_contents
@@ -57,7 +58,8 @@ __all__ = [
     "AddNote", "AppendMessage", "Call", "Context", "Create", "Delete", "End", "FaultStatistics",
     "FaultyStore", "Get", "History", "Linearization", "ModelState", "NotLinearizable", "Operation",
     "RecordingRuntime", "SessionModel", "Touch", "Update", "agents", "assert_linearizable",
-    "chat_ids", "check_linearizable", "hostile_text", "json_values", "limits", "message_contents",
+    "chat_ids", "check_linearizable", "hostile_text", "impostors", "json_values", "limits",
+    "message_contents",
     "metadata", "roles", "run_on_virtual_time", "run_workload", "session_calls", "timeouts",
     "user_ids", "valid_text",
 ]

@@ -464,3 +464,90 @@ def limits(*, high: int = 50, valid_only: bool = False) -> st.SearchStrategy[obj
         return valid
     invalid = st.sampled_from((0, -1, high + 1, 2**63, 1.0, math.nan, True, "10", b"1", _HUGE))
     return st.one_of(valid, invalid.map(_materialize))
+
+
+# ------------------------------------------------------------------ impostors
+
+
+class _ImpostorStr(str):
+    """Holds its text, but says it is a NUL and equal to anything."""
+
+    __slots__ = ()
+
+    def __str__(self) -> str:
+        return "\x00"
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    def __ne__(self, other: object) -> bool:
+        return False
+
+    __hash__ = str.__hash__
+
+
+class _ImpostorInt(int):
+    """Holds its number, but converts to another one."""
+
+    def __index__(self) -> int:
+        return -1
+
+    def __int__(self) -> int:
+        return -1
+
+    def __float__(self) -> float:
+        return math.nan
+
+
+class _ImpostorFloat(float):
+    def __float__(self) -> float:
+        return math.nan
+
+
+class _ImpostorDict(dict[Any, Any]):
+    """Holds its entries, but its items(), keys() and iteration say otherwise."""
+
+    def items(self) -> Any:
+        return [("\x00", "\x00")]
+
+    def keys(self) -> Any:
+        return ["\x00"]
+
+    def __iter__(self) -> Any:
+        return iter(["\x00"])
+
+
+class _ImpostorList(list[Any]):
+    def __iter__(self) -> Any:
+        return iter(["\x00"])
+
+
+def _impostor(value: Any) -> Any:
+    kind = type(value)
+    if kind is str:
+        return _ImpostorStr(value)
+    if kind is int:
+        return _ImpostorInt(value)
+    if kind is float:
+        return _ImpostorFloat(value)
+    if kind is dict:
+        return _ImpostorDict({_impostor(k): _impostor(v) for k, v in value.items()})
+    if kind is list:
+        return _ImpostorList(_impostor(v) for v in value)
+    return value
+
+
+def impostors(values: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """`values`, each rebuilt from subclasses whose methods lie about the data they hold.
+
+    Strings whose `__str__` says NUL and that compare equal to anything,
+    ints and floats whose conversions give -1 or NaN, dicts whose `items()`,
+    `keys()` and iteration name other entries, lists whose iteration yields
+    a NUL, nested all the way down. The runtime must check and store the
+    data they hold (or refuse it with `InvalidArgument`), never what their
+    methods say. Compare what is stored with `values`' own draw, not with
+    the impostor (which equals anything).
+
+    Draws `(plain, impostor)` pairs. Shrinks as `values` does.
+    """
+    return values.map(lambda value: (value, _impostor(value)))
