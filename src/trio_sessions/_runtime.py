@@ -427,8 +427,7 @@ async def _open_store(config: RuntimeConfig, store: Store | None) -> AsyncIterat
     if store is None:
         from ._postgres import PostgresStore
 
-        # `auto_migrate` read with a default until every RuntimeConfig has it.
-        migrate: bool = getattr(config, "auto_migrate", True)
+        migrate = config.auto_migrate
         url = config.database_url or os.environ.get("DATABASE_URL")
         if url is None:
             from ._embedded import open_embedded_postgres

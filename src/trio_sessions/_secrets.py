@@ -18,17 +18,19 @@ def redact_url(url: str) -> str:
     """`url` with its password replaced by `***`, e.g. `postgresql://user:***@host:5432/db`.
 
     Works on malformed URLs too (an unescaped `/` or `@` in the password):
-    the user part is everything up to the last `@` before the query, so no
+    the user part is everything up to the last `@`, so no
     piece of the password survives. Never raises for a `str`.
     """
     scheme, separator, rest = url.partition("://")
     if not separator:
         scheme, rest = "", url
+    # The user part ends at the last "@" (even past a "?" or "/": a password
+    # its writer forgot to percent-encode may hold either).
+    userinfo, at, tail = rest.rpartition("@")
+    if at:
+        user, colon, _ = userinfo.partition(":")
+        rest = f"{user}{':***' if colon else ''}@{tail}"
     base, question, query = rest.partition("?")
-    at = base.rfind("@")
-    if at >= 0:
-        user, colon, _ = base[:at].partition(":")
-        base = f"{user}{':***' if colon else ''}{base[at:]}"
     if question:
         query = _QUERY_PASSWORD.sub(r"\1***", query)
     return f"{scheme}{separator}{base}{question}{query}"

@@ -3,7 +3,7 @@
 The package in six parts, top to bottom:
 
 - `_store`: `PostgresStore`, which statement answers which `Store` call;
-- `_admin`: databases created and dropped, migrations applied, URLs redacted;
+- `_admin`: databases created and dropped, migrations applied;
 - `_rows`: snapshots to column arrays and records back to snapshots;
 - `_sql`: the SQL text, constants only (every value is a bind parameter);
 - `_bridge` (a package: `_calls`, `_errors`): asyncpg run from Trio through trio-asyncio, and the driver's

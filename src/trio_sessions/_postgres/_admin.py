@@ -12,6 +12,7 @@ from typing import Final
 from .._config import RuntimeConfig
 from .._errors import InvalidArgument
 from .._migrations import load_migrations
+from .._secrets import redact_url
 from . import _sql as sql
 
 _DATABASE_NAME: Final = re.compile(r"[a-z_][a-z0-9_]{0,62}")
@@ -33,23 +34,11 @@ def database_url(url: str, name: str) -> str:
     base, _, query = url.partition("?")
     scheme, separator, rest = base.partition("://")
     if not separator:
-        raise InvalidArgument("url", f"must look like postgresql://user@host/database, got {redact(url)!r}")
+        raise InvalidArgument(
+            "url", f"must look like postgresql://user@host/database, got {redact_url(url)!r}")
     netloc = rest.split("/", 1)[0]
     kept = [item for item in query.split("&") if item and item.split("=", 1)[0] not in {"database", "dbname"}]
     return f"{scheme}://{netloc}/{name}" + (f"?{'&'.join(kept)}" if kept else "")
-
-
-def redact(url: str) -> str:
-    """`url` without its password, for messages.
-
-    The user part ends at the last "@": a password its writer forgot to
-    percent-encode may hold "/", "?" or "@", and must not show either.
-    """
-    scheme, separator, rest = url.partition("://")
-    userinfo, at, host = rest.rpartition("@")
-    if not (separator and at) or ":" not in userinfo:
-        return url
-    return f"{scheme}://{userinfo.partition(':')[0]}:***@{host}"
 
 
 async def create_database(admin_url: str, name: str) -> str:

@@ -18,10 +18,10 @@ import trio
 from .._config import RuntimeConfig
 from .._migrations import load_migrations
 from .._model import Message, Session, check_text
+from .._secrets import redact_url
 from .._store import ListQuery, WriteBatch
 from . import _rows as rows
 from . import _sql as sql
-from ._admin import redact
 
 if TYPE_CHECKING:
     from ._bridge import Database, Statement
@@ -65,7 +65,7 @@ class PostgresStore:
         self._db: Database | None = None
 
     def __repr__(self) -> str:
-        return f"<PostgresStore {redact(self._url)} {'connected' if self._db else 'closed'}>"
+        return f"<PostgresStore {redact_url(self._url)} {'connected' if self._db else 'closed'}>"
 
     @asynccontextmanager
     async def connect(self) -> AsyncIterator[None]:
