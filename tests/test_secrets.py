@@ -17,6 +17,7 @@ URL = f"postgresql://alice:{PASSWORD}@db.example.com:5432/sessions?sslmode=requi
 def test_redact_url() -> None:
     assert redact_url(URL) == "postgresql://alice:***@db.example.com:5432/sessions?sslmode=require"
     assert redact_url("postgresql://u:pa/ss@h/d") == "postgresql://u:***@h/d"
+    assert redact_url("postgresql://u:pa?ss@h/d") == "postgresql://u:***@h/d"  # an unescaped "?"
     assert redact_url("postgresql://u@h/d?password=x&a=1") == "postgresql://u@h/d?password=***&a=1"
     assert redact_url("postgresql://u@h/d") == "postgresql://u@h/d"
 
