@@ -76,6 +76,52 @@ async def test_ownership_does_not_leak_existence(store_factory: StoreFactory) ->
             str(missing.value.session_id), "X")
 
 
+async def test_every_call_on_a_session_checks_its_owner_before_changing_it(
+        store_factory: StoreFactory) -> None:
+    store = store_factory()
+    async with open_runtime(CONFIG, store=store) as rt:
+        session = await rt.create("alice", "max", title="t")
+        ended = await rt.end((await rt.create("alice", "max")).id, user_id="alice")
+        await rt.flush()
+        calls = {
+            "update": lambda sid: rt.update(sid, title="x", user_id="mallory"),
+            "append_message": lambda sid: rt.append_message(sid, "user", "x", user_id="mallory"),
+            "add_note": lambda sid: rt.add_note(sid, "x", user_id="mallory"),
+            "end": lambda sid: rt.end(sid, user_id="mallory"),
+            "context": lambda sid: rt.context(sid, user_id="mallory"),
+        }
+        async with rt.subscribe() as events:
+            for name, call in calls.items():
+                # Another user's session, live or ended, reads as missing, word for word.
+                for sid in (session.id, ended.id):
+                    with pytest.raises(SessionNotFound) as owned:
+                        await call(sid)
+                    missing_id = uuid.uuid4()
+                    with pytest.raises(SessionNotFound) as missing:
+                        await call(missing_id)
+                    assert str(owned.value).replace(str(sid), "X") == str(missing.value).replace(
+                        str(missing_id), "X"), name
+            assert rt.metrics().pending_writes == 0
+            assert await rt.get(session.id) == session
+            assert await rt.get(ended.id) == ended
+            # The owner passes the same check, and its change is the first event of all.
+            assert (await rt.update(session.id, title="x", user_id="alice")).title == "x"
+            first = await events.receive()
+            assert (first.kind, first.session.version, first.session.title) == (
+                "updated", session.version + 1, "x")
+        assert (await rt.append_message(session.id, "user", "oi", user_id="alice")).message_count == 1
+        assert len((await rt.add_note(session.id, "n", user_id="alice")).notes) == 1
+        assert [m.content for m in await rt.context(session.id, user_id="alice")] == ["oi"]
+        assert not (await rt.end(session.id, user_id="alice")).is_active
+    async with open_runtime(CONFIG, store=store) as rt:
+        # Not resident: the check is made once the session is loaded, still before any change.
+        with pytest.raises(SessionNotFound):
+            await rt.context(session.id, user_id="mallory")
+        with pytest.raises(SessionNotFound):
+            await rt.add_note(session.id, "x", user_id="mallory")
+        assert len((await rt.get(session.id)).notes) == 1
+
+
 async def test_update_and_version_conflicts(store_factory: StoreFactory) -> None:
     async with open_runtime(CONFIG, store=store_factory()) as rt:
         session = await rt.create("u", "geral", title="first")

@@ -137,10 +137,19 @@ class SessionActor:
         """Apply one command at Trio time `now`, synchronously: (value, durable waiter or None).
 
         Raises:
-            SessionError: the command was refused; nothing changed.
+            SessionError: the command was refused; nothing changed. A command
+                whose `owner` is not the session's user is refused as
+                `SessionNotFound`, exactly as a missing session, before
+                anything (an overdue expiry included) is applied.
         """
         if self._deleted:
             raise SessionNotFound(self.id)
+        owner = command.owner
+        if owner is not None:
+            session = self.session
+            assert session is not None  # applied only once loaded
+            if session.user_id != owner:
+                raise SessionNotFound(self.id)
         value = command.dispatch(self, now)
         waiter = self._host.writebehind.durable_waiter(self.id) if command.durable else None
         return value, waiter

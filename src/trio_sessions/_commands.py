@@ -45,6 +45,8 @@ class Command(Generic[T_co]):
     mutating = True
     #: Returns only once the change is committed.
     durable = False
+    #: When set, the session must belong to this user (else `SessionNotFound`).
+    owner: str | None = None
 
     def dispatch(self, target: CommandTarget, now: float) -> T_co:
         raise NotImplementedError  # pragma: no cover - every command overrides it
@@ -67,6 +69,7 @@ class Update(Command[Session]):
     expected_version: int | None
     changes: dict[str, Any]
     durable: bool
+    owner: str | None = None
 
     def dispatch(self, target: CommandTarget, now: float) -> Session:
         return target.update(self, now)
@@ -79,6 +82,7 @@ class AppendMessage(Command[Session]):
     role: str
     content: str
     durable: bool
+    owner: str | None = None
 
     def dispatch(self, target: CommandTarget, now: float) -> Session:
         return target.append_message(self, now)
@@ -90,6 +94,7 @@ class AddNote(Command[Session]):
 
     text: str
     durable: bool
+    owner: str | None = None
 
     def dispatch(self, target: CommandTarget, now: float) -> Session:
         return target.add_note(self, now)
@@ -101,6 +106,7 @@ class End(Command[Session]):
 
     reason: str
     durable: bool
+    owner: str | None = None
 
     def dispatch(self, target: CommandTarget, now: float) -> Session:
         return target.end(self, now)
@@ -148,6 +154,7 @@ class Context(Command[tuple[Message, ...]]):
     """Sent by `context`."""
 
     limit: int
+    owner: str | None = None
     mutating = False
 
     def dispatch(self, target: CommandTarget, now: float) -> tuple[Message, ...]:

@@ -147,8 +147,7 @@ class SessionRuntime:
         Cancellation: nothing changes (a read is simply abandoned).
         """
         sid = model.check_session_id(session_id)
-        if user_id is not None:  # the plain string: a subclass's __ne__ must not decide ownership
-            user_id = model.check_text("user_id", user_id, max_chars=model.MAX_ID_CHARS)
+        user_id = _owner(user_id)  # the plain string: a subclass's __ne__ must not decide ownership
         sup = self._sup
         sup.check_open()
         await trio.lowlevel.checkpoint()
@@ -178,17 +177,19 @@ class SessionRuntime:
     async def update(self, session_id: UUID | str, *, expected_version: int | None = None,
                      title: str | None = _UNSET, state: str = _UNSET, agent: str = _UNSET,
                      chat_id: str | None = _UNSET, metadata: Mapping[str, Any] = _UNSET,
-                     durable: bool = False) -> Session:
+                     durable: bool = False, user_id: str | None = None) -> Session:
         """Change some fields; only the ones passed change. Does not count as activity.
 
         Args:
             expected_version: when given, apply only if the session is at this version.
             title, chat_id: None clears them.
             metadata: replaces the whole mapping.
+            user_id: when given, the session must belong to this user.
 
         Raises:
             VersionConflict: `expected_version` is not the current version.
-            SessionNotFound, SessionInactive, InvalidArgument.
+            SessionNotFound: no such session, or it belongs to another user.
+            SessionInactive, InvalidArgument.
 
         Cancellation: before the change is applied, nothing changes; while a
         durable call waits for the commit, the change stands and is committed.
@@ -207,16 +208,20 @@ class SessionRuntime:
             changes["chat_id"] = model.check_optional_text("chat_id", chat_id, max_chars=model.MAX_ID_CHARS)
         if metadata is not _UNSET:
             changes["metadata"] = model.check_metadata(metadata)
-        command = Update(expected_version, changes, model.check_bool("durable", durable))
+        command = Update(expected_version, changes, model.check_bool("durable", durable), _owner(user_id))
         return await self._sup.call(sid, command)
 
     @_measured("append_message")
     async def append_message(self, session_id: UUID | str, role: str, content: str, *,
-                             durable: bool = False) -> Session:
+                             durable: bool = False, user_id: str | None = None) -> Session:
         """Append a message (`role`: user, assistant, system or tool). Counts as activity.
 
+        Args:
+            user_id: when given, the session must belong to this user.
+
         Raises:
-            SessionNotFound, SessionInactive, InvalidArgument.
+            SessionNotFound: no such session, or it belongs to another user.
+            SessionInactive, InvalidArgument.
 
         Cancellation: before the change is applied, nothing changes; while a
         durable call waits for the commit, the change stands and is committed.
@@ -224,53 +229,68 @@ class SessionRuntime:
         sid = model.check_session_id(session_id)
         command = AppendMessage(model.check_role(role),
                                 model.check_content(content, max_bytes=self.config.max_content_bytes),
-                                model.check_bool("durable", durable))
+                                model.check_bool("durable", durable), _owner(user_id))
         return await self._sup.call(sid, command)
 
     @_measured("context")
-    async def context(self, session_id: UUID | str, *, limit: int | None = None) -> tuple[Message, ...]:
+    async def context(self, session_id: UUID | str, *, limit: int | None = None,
+                      user_id: str | None = None) -> tuple[Message, ...]:
         """The newest `limit` messages (at most `max_messages`), oldest first.
 
+        Args:
+            user_id: when given, the session must belong to this user.
+
         Raises:
-            SessionNotFound; InvalidArgument if `limit` is not 1..max_messages.
+            SessionNotFound: no such session, or it belongs to another user.
+            InvalidArgument: `limit` is not 1..max_messages.
 
         Cancellation: nothing changes (a read is simply abandoned).
         """
         sid = model.check_session_id(session_id)
         limit = self.config.max_messages if limit is None else model.check_int(
             "limit", limit, low=1, high=self.config.max_messages)
-        return await self._sup.call(sid, Context(limit))
+        return await self._sup.call(sid, Context(limit, _owner(user_id)))
 
     @_measured("add_note")
-    async def add_note(self, session_id: UUID | str, text: str, *, durable: bool = False) -> Session:
+    async def add_note(self, session_id: UUID | str, text: str, *, durable: bool = False,
+                       user_id: str | None = None) -> Session:
         """Attach a free-text note. Does not count as activity.
 
+        Args:
+            user_id: when given, the session must belong to this user.
+
         Raises:
-            SessionNotFound, SessionInactive, InvalidArgument.
+            SessionNotFound: no such session, or it belongs to another user.
+            SessionInactive, InvalidArgument.
 
         Cancellation: before the change is applied, nothing changes; while a
         durable call waits for the commit, the change stands and is committed.
         """
         sid = model.check_session_id(session_id)
         command = AddNote(model.check_text("text", text, max_chars=model.MAX_NOTE_CHARS),
-                          model.check_bool("durable", durable))
+                          model.check_bool("durable", durable), _owner(user_id))
         return await self._sup.call(sid, command)
 
     @_measured("end")
-    async def end(self, session_id: UUID | str, *, reason: str = "ended", durable: bool = False) -> Session:
+    async def end(self, session_id: UUID | str, *, reason: str = "ended", durable: bool = False,
+                  user_id: str | None = None) -> Session:
         """Soft delete: the session becomes inactive and stays readable.
 
         Ending an inactive session returns it unchanged.
 
+        Args:
+            user_id: when given, the session must belong to this user.
+
         Raises:
-            SessionNotFound, InvalidArgument.
+            SessionNotFound: no such session, or it belongs to another user.
+            InvalidArgument.
 
         Cancellation: before the change is applied, nothing changes; while a
         durable call waits for the commit, the change stands and is committed.
         """
         sid = model.check_session_id(session_id)
         command = End(model.check_text("reason", reason, max_chars=model.MAX_NAME_CHARS),
-                      model.check_bool("durable", durable))
+                      model.check_bool("durable", durable), _owner(user_id))
         return await self._sup.call(sid, command)
 
     @_measured("delete")
@@ -382,6 +402,11 @@ class SessionRuntime:
     def metrics(self) -> MetricsSnapshot:
         """A snapshot of the counters. Never blocks."""
         return self._sup.metrics()
+
+
+def _owner(user_id: object) -> str | None:
+    """The `user_id=` ownership check's argument, validated as `get` validates it (None: no check)."""
+    return None if user_id is None else model.check_text("user_id", user_id, max_chars=model.MAX_ID_CHARS)
 
 
 def _encode_cursor(session: Session) -> str:
