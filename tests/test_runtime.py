@@ -122,6 +122,26 @@ async def test_every_call_on_a_session_checks_its_owner_before_changing_it(
         assert len((await rt.get(session.id)).notes) == 1
 
 
+async def test_iter_sessions_follows_every_page(store_factory: StoreFactory) -> None:
+    async with open_runtime(CONFIG, store=store_factory()) as rt:
+        made = [await rt.create("ana" if n % 3 else "bob", "geral", title=str(n)) for n in range(25)]
+        await rt.end(made[5].id)
+        every = (await rt.list(active=None, limit=1000)).items
+        pages_before = rt.metrics().operations["list"].count
+        assert [s async for s in rt.iter_sessions(active=None, page_size=4)] == list(every)
+        assert rt.metrics().operations["list"].count - pages_before == 7  # 25 rows, 4 a page
+        assert [s async for s in rt.iter_sessions(page_size=1000)] == [s for s in every if s.is_active]
+        ana = [s async for s in rt.iter_sessions(user_id="ana", page_size=3)]
+        assert ana == [s for s in every if s.user_id == "ana" and s.is_active]
+        assert len(ana) == 15
+        assert [s async for s in rt.iter_sessions(user_id="nobody")] == []
+        with pytest.raises(InvalidArgument) as refused:
+            rt.iter_sessions(page_size=0)  # checked at once, before any page is read
+        assert refused.value.field == "page_size"
+        with pytest.raises(InvalidArgument):
+            rt.iter_sessions(agent="")
+
+
 async def test_update_and_version_conflicts(store_factory: StoreFactory) -> None:
     async with open_runtime(CONFIG, store=store_factory()) as rt:
         session = await rt.create("u", "geral", title="first")

@@ -13,6 +13,7 @@ import binascii
 import functools
 import os
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -326,20 +327,34 @@ class SessionRuntime:
 
         Cancellation: nothing changes (the flush it waits for goes on).
         """
-        limit = model.check_int("limit", limit, low=1, high=MAX_PAGE)
-        query = ListQuery(
-            user_id=model.check_optional_text("user_id", user_id, max_chars=model.MAX_ID_CHARS),
-            agent=model.check_optional_text("agent", agent, max_chars=model.MAX_NAME_CHARS),
-            chat_id=model.check_optional_text("chat_id", chat_id, max_chars=model.MAX_ID_CHARS),
-            active=None if active is None else model.check_bool("active", active),
-            limit=limit + 1,
-            after=None if after is None else _decode_cursor(after),
-        )
+        query = _list_query(user_id, agent, chat_id, active, limit, after)
+        limit = query.limit - 1  # the plain number that was checked
         self._sup.check_open()
         rows = await self._sup.reads.list(query)
         items = tuple(rows[:limit])
         cursor = _encode_cursor(items[-1]) if len(rows) > limit else None
         return Page(items, cursor)
+
+    def iter_sessions(self, *, user_id: str | None = None, agent: str | None = None,
+                      chat_id: str | None = None, active: bool | None = True,
+                      page_size: int = 100) -> AsyncIterator[Session]:
+        """Every session matching the filters, newest first: `async for s in rt.iter_sessions(...)`.
+
+        Reads one `list()` page of `page_size` at a time, following
+        `next_cursor` until the last page. Each page is read (after a flush)
+        when the previous one is used up, so the whole is not one snapshot:
+        a session created meanwhile sorts before the cursor and is not seen,
+        and one that changes meanwhile shows as its page read it.
+
+        The filters are those of `list()` and are checked here, before the
+        first page. Raises what `list()` raises, from the step that reads a
+        page. Cancellation: nothing changes; the iterator can go on.
+        """
+        model.check_int("page_size", page_size, low=1, high=MAX_PAGE)
+        _list_query(user_id, agent, chat_id, active, page_size, None)
+        self._sup.check_open()
+        filters: dict[str, Any] = dict(user_id=user_id, agent=agent, chat_id=chat_id, active=active)
+        return _SessionPages(self, filters, page_size)
 
     @_measured("cleanup_old_sessions")
     async def cleanup_old_sessions(self) -> int:
@@ -402,6 +417,49 @@ class SessionRuntime:
     def metrics(self) -> MetricsSnapshot:
         """A snapshot of the counters. Never blocks."""
         return self._sup.metrics()
+
+
+class _SessionPages:
+    """What `iter_sessions` returns: an async iterator over pages of `list()`."""
+
+    __slots__ = ("_cursor", "_filters", "_items", "_last", "_page_size", "_runtime")
+
+    def __init__(self, runtime: SessionRuntime, filters: dict[str, Any], page_size: int) -> None:
+        self._runtime = runtime
+        self._filters = filters
+        self._page_size = page_size
+        self._items: deque[Session] = deque()
+        self._cursor: str | None = None
+        self._last = False
+
+    def __aiter__(self) -> _SessionPages:
+        return self
+
+    async def __anext__(self) -> Session:
+        if not self._items and not self._last:
+            page = await self._runtime.list(**self._filters, limit=self._page_size, after=self._cursor)
+            # Only the page is taken in: cancelled above, the iterator stays where it was.
+            self._items.extend(page.items)
+            self._cursor = page.next_cursor
+            self._last = page.next_cursor is None
+        else:
+            await trio.lowlevel.checkpoint()
+        if not self._items:
+            raise StopAsyncIteration
+        return self._items.popleft()
+
+
+def _list_query(user_id: object, agent: object, chat_id: object, active: object, limit: object,
+                after: object) -> ListQuery:
+    """The checked query of `list()`, asking for one row more than `limit` (to know if a page follows)."""
+    return ListQuery(
+        user_id=model.check_optional_text("user_id", user_id, max_chars=model.MAX_ID_CHARS),
+        agent=model.check_optional_text("agent", agent, max_chars=model.MAX_NAME_CHARS),
+        chat_id=model.check_optional_text("chat_id", chat_id, max_chars=model.MAX_ID_CHARS),
+        active=None if active is None else model.check_bool("active", active),
+        limit=model.check_int("limit", limit, low=1, high=MAX_PAGE) + 1,
+        after=None if after is None else _decode_cursor(after),
+    )
 
 
 def _owner(user_id: object) -> str | None:
