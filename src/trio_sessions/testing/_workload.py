@@ -261,7 +261,10 @@ async def walk_list(runtime: SessionRuntime, history: History, walk: ListWalk, o
     of it was invoked before the walk ended.
     """
     await trio.lowlevel.checkpoint()  # a walk is a checkpoint even when a faulty store refuses it
-    started = len(history.operations)
+    # Only creates that had returned when the walk began must be listed: one
+    # that returns during the walk may sort before the pages already read.
+    created_before = [op.outcome for op in history.operations
+                      if isinstance(op.call, Create) and op.answered and isinstance(op.outcome, Session)]
     seen: list[Session] = []
     after: str | None = None
     while True:
@@ -284,10 +287,8 @@ async def walk_list(runtime: SessionRuntime, history: History, walk: ListWalk, o
         return
     deleted = {op.session_id for op in history.operations if isinstance(op.call, Delete)}
     listed = {s.id for s in seen}
-    for op in history.operations[:started]:
-        created = op.outcome
-        if isinstance(op.call, Create) and isinstance(created, Session) and created.id not in deleted \
-                and (owner is None or created.user_id == owner):
+    for created in created_before:
+        if created.id not in deleted and (owner is None or created.user_id == owner):
             assert created.id in listed, f"list() walk lost {created.id}"
 
 
