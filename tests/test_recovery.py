@@ -58,6 +58,40 @@ async def test_the_first_commit_comes_soon_after_the_store_is_back(autojump_cloc
         assert (await store.load(session.id, messages=0)) is not None
 
 
+class BackDuringAWriteStore(OutageStore):
+    """An outage whose last failure is a write: the server is back before the next probe.
+
+    As on a real server, whose last refusal is often "the database system is
+    starting up", and which is up by the time the flusher probes it again.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.back_after_next_write = False
+        self.back_at: float | None = None
+
+    async def write(self, batch: WriteBatch) -> None:
+        if self.down and self.back_after_next_write:
+            await trio.lowlevel.checkpoint()
+            self.down = False
+            self.back_at = trio.current_time()
+            raise StoreUnavailable("the database system is starting up (the test's outage)")
+        await super().write(batch)
+
+
+async def test_a_store_back_before_the_next_probe_is_written_to_at_once(autojump_clock: MockClock) -> None:
+    store = BackDuringAWriteStore()
+    async with open_runtime(config(), store=store) as rt:
+        store.down = True
+        await rt.create("u1", "geral")
+        await trio.sleep(10.0)  # the backoff has grown to its 5 s maximum, every probe failing
+        store.back_after_next_write = True
+        await rt.flush()
+        assert store.back_at is not None
+        # The store was seen down before: the first probe that finds it back ends the wait.
+        assert store.committed_at[0] - store.back_at <= 2 * PROBE_INTERVAL
+
+
 async def test_health_reports_an_outage_and_the_recovery(autojump_clock: MockClock) -> None:
     store = OutageStore()
     async with open_runtime(config(), store=store) as rt:

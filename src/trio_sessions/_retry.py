@@ -70,7 +70,7 @@ class Retry:
                 self.last_error = str(exc)
                 if attempt == attempts:
                     raise
-                delay = await self._back_off(delay)
+                delay, _ = await self._back_off(delay)
             except (SessionError, AssertionError):
                 raise  # the store's own answer, or a broken invariant: as it was raised
             except Exception as exc:
@@ -88,6 +88,8 @@ class Retry:
         """
         delay = self._config.retry_initial_delay
         failures = 0
+        # Whether a probe has found the store down since this write last tried (see _back_off).
+        down = False
         while True:
             try:
                 await fn(*args, **kwargs)
@@ -98,24 +100,30 @@ class Retry:
                 self._counters.store_errors += 1
                 if failures == self._config.alert_flush_failures:
                     logger.warning("flush failed {} times in a row, still retrying: {}", failures, exc)
-                delay = await self._back_off(delay, probe)
+                delay, down = await self._back_off(delay, probe, down)
             else:
                 self.write_failures = 0
                 return
 
-    async def _back_off(self, delay: float, probe: Callable[[], Awaitable[None]] | None = None) -> float:
-        """Sleep about `delay` (equal jitter); return the next delay.
+    async def _back_off(self, delay: float, probe: Callable[[], Awaitable[None]] | None = None,
+                        down: bool = False) -> tuple[float, bool]:
+        """Sleep about `delay` (equal jitter); return the next delay, and whether the store is down.
 
         With a `probe`, the store is probed every `PROBE_INTERVAL` meanwhile.
-        Once a probe has failed (the store is down, not just this call), the
+        Once a probe has failed (the store is down, not just this call), in
+        this wait or, as `down` says, in an earlier one of the same call, the
         first probe that succeeds ends the wait, and the backoff starts over.
-        A store that answers the first probe is up: the failure was the
-        call's own, and the wait runs its course.
+        Otherwise a store that answers the first probe is up: the failure was
+        the call's own, and the wait runs its course.
+
+        `down` must carry over: an outage's last failed attempt often comes
+        while the server starts up, and the next wait's first probe then
+        finds it back; taken for the call's own failure, that would wait out
+        a backoff grown to `retry_max_delay` after the server was back.
         """
         self._counters.retries += 1
         until = trio.current_time() + self._rng.uniform(delay / 2, delay)
         if probe is not None:
-            down = False
             while (left := until - trio.current_time()) > PROBE_INTERVAL:
                 await trio.sleep(PROBE_INTERVAL)
                 with trio.move_on_after(left - PROBE_INTERVAL):  # noqa: ASYNC912  a probe that hangs is no answer; every store call checkpoints
@@ -124,8 +132,8 @@ class Retry:
                     except StoreUnavailable:
                         down = True
                         continue
-                    if down:  # back after an outage: retry now
-                        return self._config.retry_initial_delay
+                    if down:  # back after an outage: retry now (and a failure after is the call's own)
+                        return self._config.retry_initial_delay, False
                     break
         await trio.sleep_until(until)
-        return min(delay * 2, self._config.retry_max_delay)
+        return min(delay * 2, self._config.retry_max_delay), down
