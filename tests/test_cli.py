@@ -102,7 +102,7 @@ def test_errors_are_one_line_and_exit_codes_say_which_kind(
     argv = [command] + (["--duration", "1", "--users", "1"] if command == "demo" else [])
     folder = parse_qs(urlsplit(postgres_server_url).query)["host"][0]
     cases = [(f"postgresql://postgres@/no_such_db?host={folder}", 2, "database 'no_such_db' does not exist"),
-             ("postgresql://app:half/ofthepassword@db.example/app", 2, "cannot be parsed")]
+             ("postgresql://app:half/ofthepassword@db.example/app", 2, "percent-encode it")]
     for url, code, expected in cases:
         monkeypatch.setenv("DATABASE_URL", url)
         assert main(argv) == code
