@@ -8,15 +8,12 @@ routing, passivation, expiry, the write-behind) belongs to its private
 
 from __future__ import annotations
 
-import base64
-import binascii
 import functools
 import os
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
 from typing import Any, Concatenate, Final, ParamSpec, TypeVar
 from uuid import UUID
 
@@ -26,6 +23,7 @@ from loguru import logger
 from . import _model as model
 from ._commands import TOUCH, AddNote, AppendMessage, Context, Delete, End, Read, Update
 from ._config import RuntimeConfig
+from ._cursor import decode_cursor, encode_cursor
 from ._errors import InvalidArgument, SessionNotFound, StoreUnavailable
 from ._health import Health
 from ._metrics import MetricsSnapshot
@@ -332,7 +330,7 @@ class SessionRuntime:
         self._sup.check_open()
         rows = await self._sup.reads.list(query)
         items = tuple(rows[:limit])
-        cursor = _encode_cursor(items[-1]) if len(rows) > limit else None
+        cursor = encode_cursor(items[-1]) if len(rows) > limit else None
         return Page(items, cursor)
 
     def iter_sessions(self, *, user_id: str | None = None, agent: str | None = None,
@@ -458,51 +456,13 @@ def _list_query(user_id: object, agent: object, chat_id: object, active: object,
         chat_id=model.check_optional_text("chat_id", chat_id, max_chars=model.MAX_ID_CHARS),
         active=None if active is None else model.check_bool("active", active),
         limit=model.check_int("limit", limit, low=1, high=MAX_PAGE) + 1,
-        after=None if after is None else _decode_cursor(after),
+        after=None if after is None else decode_cursor(after),
     )
 
 
 def _owner(user_id: object) -> str | None:
     """The `user_id=` ownership check's argument, validated as `get` validates it (None: no check)."""
     return None if user_id is None else model.check_text("user_id", user_id, max_chars=model.MAX_ID_CHARS)
-
-
-def _encode_cursor(session: Session) -> str:
-    return _cursor_text(session.created_at.astimezone(UTC), session.id)
-
-
-def _cursor_text(at: datetime, session_id: UUID) -> str:
-    return base64.urlsafe_b64encode(f"{at.isoformat()}|{session_id}".encode()).decode("ascii")
-
-
-def _decode_cursor(value: object) -> tuple[datetime, UUID]:
-    """The keyset a cursor names; InvalidArgument for any text `_encode_cursor` did not make.
-
-    Not authenticated, but checked strictly: a cursor carries only the
-    position of a session the caller was shown, and forging one grants
-    nothing (filters still apply), so what matters is that every cursor that
-    passes decodes into values any store accepts. The timestamp must be UTC
-    (a forged offset once pushed it out of PostgreSQL's range and came back
-    as asyncpg's DataError) and the text must be exactly what encoding the
-    decoded values gives back. A key-signed cursor would break across
-    restarts and across the processes that will share one database.
-    """
-    cursor = model.plain_str("after", value)
-    refused = InvalidArgument("after", "must be a cursor from Page.next_cursor")
-    if len(cursor) > 200:
-        raise refused
-    try:
-        created, _, session_id = base64.urlsafe_b64decode(cursor.encode("ascii")).decode().partition("|")
-        at = datetime.fromisoformat(created)
-        key = UUID(session_id)
-    except (ValueError, UnicodeError, binascii.Error):
-        raise refused from None
-    if at.utcoffset() != timedelta(0):
-        raise refused
-    at = at.replace(tzinfo=UTC)
-    if _cursor_text(at, key) != cursor:
-        raise refused
-    return at, key
 
 
 @asynccontextmanager

@@ -1,0 +1,56 @@
+"""`list()`'s keyset cursors: made from the last session of a page, and checked strictly.
+
+A cursor is the page's last `(created_at, id)`, as URL-safe base64 text. It
+is not signed: it names only a position the caller was shown, and `list()`'s
+filters still apply; what matters is that any cursor that passes decodes
+into values every store accepts.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import UTC, datetime, timedelta
+from uuid import UUID
+
+from . import _model as model
+from ._errors import InvalidArgument
+from ._model import Session
+
+
+def encode_cursor(session: Session) -> str:
+    return _cursor_text(session.created_at.astimezone(UTC), session.id)
+
+
+def _cursor_text(at: datetime, session_id: UUID) -> str:
+    return base64.urlsafe_b64encode(f"{at.isoformat()}|{session_id}".encode()).decode("ascii")
+
+
+def decode_cursor(value: object) -> tuple[datetime, UUID]:
+    """The keyset a cursor names; InvalidArgument for any text `encode_cursor` did not make.
+
+    Not authenticated, but checked strictly: a cursor carries only the
+    position of a session the caller was shown, and forging one grants
+    nothing (filters still apply), so what matters is that every cursor that
+    passes decodes into values any store accepts. The timestamp must be UTC
+    (a forged offset once pushed it out of PostgreSQL's range and came back
+    as asyncpg's DataError) and the text must be exactly what encoding the
+    decoded values gives back. A key-signed cursor would break across
+    restarts and across the processes that will share one database.
+    """
+    cursor = model.plain_str("after", value)
+    refused = InvalidArgument("after", "must be a cursor from Page.next_cursor")
+    if len(cursor) > 200:
+        raise refused
+    try:
+        created, _, session_id = base64.urlsafe_b64decode(cursor.encode("ascii")).decode().partition("|")
+        at = datetime.fromisoformat(created)
+        key = UUID(session_id)
+    except (ValueError, UnicodeError, binascii.Error):
+        raise refused from None
+    if at.utcoffset() != timedelta(0):
+        raise refused
+    at = at.replace(tzinfo=UTC)
+    if _cursor_text(at, key) != cursor:
+        raise refused
+    return at, key
