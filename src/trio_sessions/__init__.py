@@ -9,6 +9,7 @@ from ._errors import Overloaded as Overloaded
 from ._errors import RuntimeClosed as RuntimeClosed
 from ._errors import SessionError as SessionError
 from ._errors import SessionInactive as SessionInactive
+from ._errors import SessionMoved as SessionMoved
 from ._errors import SessionNotFound as SessionNotFound
 from ._errors import StoreUnavailable as StoreUnavailable
 from ._errors import VersionConflict as VersionConflict
@@ -24,6 +25,8 @@ from ._model import SessionEvent as SessionEvent
 from ._postgres import PostgresStore as PostgresStore
 from ._runtime import SessionRuntime as SessionRuntime
 from ._runtime import open_runtime as open_runtime
+from ._store import Acquired as Acquired
+from ._store import Busy as Busy
 from ._store import ListQuery as ListQuery
 from ._store import MemoryStore as MemoryStore
 from ._store import Store as Store
@@ -34,10 +37,10 @@ from ._subscriptions import Subscription as Subscription
 _logger.disable("trio_sessions")
 
 __all__ = [
-    "ConfigurationError", "Health", "InvalidArgument", "ListQuery", "MemoryStore", "Message",
-    "MetricsSnapshot", "Note", "OperationStats", "Overloaded", "Page", "PostgresStore", "RuntimeClosed",
-    "RuntimeConfig",
-    "Session", "SessionError", "SessionEvent", "SessionInactive", "SessionNotFound",
+    "Acquired", "Busy", "ConfigurationError", "Health", "InvalidArgument", "ListQuery", "MemoryStore",
+    "Message", "MetricsSnapshot", "Note", "OperationStats", "Overloaded", "Page", "PostgresStore",
+    "RuntimeClosed", "RuntimeConfig",
+    "Session", "SessionError", "SessionEvent", "SessionInactive", "SessionMoved", "SessionNotFound",
     "SessionRuntime", "Store", "StoreUnavailable", "Subscription", "VersionConflict", "WriteBatch",
     "WriteRejected", "open_runtime",
 ]

@@ -89,6 +89,21 @@ class RuntimeConfig:
     alert_flush_failures: int = 3
     #: Apply migrations at start; with it off, the runtime only checks the schema is current.
     auto_migrate: bool = True
+    #: The lease each runtime holds in the store (several runtimes may share one):
+    #: a runtime that has not renewed it for this long stops acknowledging, and
+    #: others may take its sessions. Renewed every `lease_renew_interval`.
+    lease_duration: float = 10.0
+    lease_renew_interval: float = 2.0
+    #: A call for a session another runtime owns asks it to hand the session
+    #: over; it polls for the answer this often (notifications may be lost) and
+    #: gives up with `Overloaded` after `handoff_timeout`.
+    handoff_poll_interval: float = 0.5
+    handoff_timeout: float = 30.0
+    #: PostgreSQL: no statement of the runtime waits longer than this for a row
+    #: lock, and a transaction left idle (its process frozen) is ended after
+    #: `idle_transaction_timeout`, so a frozen process cannot hold others up.
+    lock_timeout: float = 5.0
+    idle_transaction_timeout: float = 5.0
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # store the plain values that were checked
@@ -102,7 +117,8 @@ class RuntimeConfig:
             object.__setattr__(self, "call_timeout", check_seconds("call_timeout", self.call_timeout))
         for name in ("session_timeout", "passivate_after", "flush_interval", "connect_timeout",
                      "command_timeout", "max_inactive_connection_lifetime", "retry_initial_delay",
-                     "retry_max_delay", "shutdown_timeout"):
+                     "retry_max_delay", "shutdown_timeout", "lease_duration", "lease_renew_interval",
+                     "handoff_poll_interval", "handoff_timeout", "lock_timeout", "idle_transaction_timeout"):
             set_(self, name, check_seconds(name, getattr(self, name)))
         for name, low, high in _INT_RANGES:
             set_(self, name, check_int(name, getattr(self, name), low=low, high=high))
@@ -112,6 +128,9 @@ class RuntimeConfig:
             raise InvalidArgument("pool_min", f"must not exceed pool_max ({self.pool_max})")
         if self.retry_initial_delay > self.retry_max_delay:
             raise InvalidArgument("retry_initial_delay", "must not exceed retry_max_delay")
+        if self.lease_renew_interval * 3 > self.lease_duration:
+            raise InvalidArgument("lease_renew_interval", "must be at most a third of lease_duration "
+                                  f"({self.lease_duration}s), so that a late renewal does not lose the lease")
 
     def __repr__(self) -> str:
         shown = ", ".join(

@@ -60,6 +60,16 @@ class StoreUnavailable(SessionError):
     """The store could not be reached (a transient condition: retrying may work)."""
 
 
+class SessionMoved(StoreUnavailable):
+    """Another runtime took the session before this change was committed; it was not stored.
+
+    Raised to a `durable=True` caller when its change is fenced: this
+    runtime lost the session (its lease lapsed while it was paused or cut off
+    from the store, and another runtime sharing the store took over). The
+    session itself is fine: retrying the call applies it afresh.
+    """
+
+
 class ConfigurationError(SessionError):
     """The configuration cannot work, and retrying will not help.
 

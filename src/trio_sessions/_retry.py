@@ -77,8 +77,8 @@ class Retry:
                 raise foreign_failure(exc) from exc
         raise AssertionError("unreachable")  # pragma: no cover - the last attempt raises
 
-    async def write(self, probe: Callable[[], Awaitable[None]], fn: Callable[P, Awaitable[None]],
-                    *args: P.args, **kwargs: P.kwargs) -> None:
+    async def write(self, probe: Callable[[], Awaitable[None]], fn: Callable[P, Awaitable[T]],
+                    *args: P.args, **kwargs: P.kwargs) -> T:
         """Call a store write until it succeeds (rows are never dropped for a transient failure).
 
         Between attempts it backs off, probing the store with `probe` every
@@ -92,7 +92,7 @@ class Retry:
         down = False
         while True:
             try:
-                await fn(*args, **kwargs)
+                result = await fn(*args, **kwargs)
             except StoreUnavailable as exc:
                 failures += 1
                 self.write_failures += 1
@@ -103,7 +103,7 @@ class Retry:
                 delay, down = await self._back_off(delay, probe, down)
             else:
                 self.write_failures = 0
-                return
+                return result
 
     async def _back_off(self, delay: float, probe: Callable[[], Awaitable[None]] | None = None,
                         down: bool = False) -> tuple[float, bool]:

@@ -1,17 +1,21 @@
 """The `Store` protocol and `MemoryStore`, the in-memory backend.
 
-A store is the system of record. The runtime talks to it only from the
-write-behind flusher (`write`) and when it activates a session (`load`),
-expires sessions that are not resident (`load_sessions`), lists sessions
-(`list`) or starts (`live_deadlines`).
+A store is the system of record, and the coordination engine of the
+runtimes that share it. The runtime talks to it from the write-behind
+flusher (`write`), when it activates a session (`acquire`, `load`), expires
+sessions that are not resident (`load_sessions`, `claim`), lists sessions
+(`list`) or starts (`free_deadlines`); and, for ownership, from its lease
+and hand-off tasks (`register`, `renew`, `leave`, `request_handoff`,
+`handoff_requests`, `grant`, `wait_for_notice`). `_ownership` describes the
+protocol.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Final, Protocol, runtime_checkable
 from uuid import UUID
@@ -35,12 +39,24 @@ class WriteBatch:
     `(session_id, seq)` already stored; `deletes` remove a session's row and
     all its messages. A session id appears at most once in `sessions`,
     `touched` and `deletes` together.
+
+    Fencing: with `owner` set, the batch is written by that instance, and
+    each session in it only where the stored row still names `owner` and
+    the epoch `epochs` gives for it (checked under the row's lock). A row
+    that is not stored is written only if it is in `created` (a touched row
+    or an update of a missing session was deleted by another owner). The
+    sessions that fail the check are written not at all, messages included;
+    `write` returns their ids. With `owner` None (tools, contract tests)
+    nothing is fenced.
     """
 
     sessions: tuple[Session, ...]
     messages: tuple[tuple[UUID, Message], ...]
     deletes: tuple[UUID, ...]
     touched: tuple[Session, ...] = ()
+    owner: UUID | None = None
+    epochs: Mapping[UUID, int] = field(default_factory=dict)
+    created: frozenset[UUID] = frozenset()
 
     def split(self) -> tuple[WriteBatch, WriteBatch]:
         """Two halves by session id (messages follow their session), to isolate a bad row."""
@@ -48,14 +64,19 @@ class WriteBatch:
         first = set(ids[: len(ids) // 2])
 
         def half(in_first: bool) -> WriteBatch:
-            return WriteBatch(
-                tuple(s for s in self.sessions if (s.id in first) == in_first),
-                tuple(m for m in self.messages if (m[0] in first) == in_first),
-                tuple(d for d in self.deletes if (d in first) == in_first),
-                tuple(s for s in self.touched if (s.id in first) == in_first),
-            )
+            return self.only(lambda session_id: (session_id in first) == in_first)
 
         return half(True), half(False)
+
+    def only(self, keep: Callable[[UUID], bool]) -> WriteBatch:
+        """The part of the batch for the sessions `keep` accepts (messages follow their session)."""
+        return WriteBatch(
+            tuple(s for s in self.sessions if keep(s.id)),
+            tuple(m for m in self.messages if keep(m[0])),
+            tuple(d for d in self.deletes if keep(d)),
+            tuple(s for s in self.touched if keep(s.id)),
+            self.owner, self.epochs, self.created,
+        )
 
     def session_ids(self) -> list[UUID]:
         """Every session the batch writes or deletes, in batch order."""
@@ -80,6 +101,42 @@ class ListQuery:
     active: bool | None
     limit: int
     after: tuple[datetime, UUID] | None
+
+
+def fenced_sessions(batch: WriteBatch, stored: Mapping[UUID, tuple[UUID | None, int]]) -> list[UUID]:
+    """The sessions of `batch` (which has an owner) that fail the fence, in id order.
+
+    `stored`: `(owner, epoch)` of each of the batch's sessions that is stored.
+    The rule is `WriteBatch`'s: a stored row must name the batch's owner and
+    the session's epoch; a row not stored may be written only if the batch
+    creates it (a delete of it is a no-op).
+    """
+    expected_owner, epochs = batch.owner, batch.epochs
+    fenced = []
+    for session_id in sorted(set(batch.session_ids())):
+        found = stored.get(session_id)
+        if found is None:
+            if session_id not in batch.created and session_id not in batch.deletes:
+                fenced.append(session_id)
+        elif found != (expected_owner, epochs.get(session_id, 0)):
+            fenced.append(session_id)
+    return fenced
+
+
+@dataclass(frozen=True, slots=True)
+class Acquired:
+    """`Store.acquire` took the session (or found it already this instance's) under `epoch`."""
+
+    epoch: int
+    row: Session
+    messages: tuple[Message, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Busy:
+    """`Store.acquire` found the session owned by `owner`, a live instance."""
+
+    owner: UUID
 
 
 @runtime_checkable
@@ -118,11 +175,71 @@ class Store(Protocol):
         """
         ...
 
-    async def write(self, batch: WriteBatch) -> None:
-        """Apply one batch atomically (see `WriteBatch`).
+    async def write(self, batch: WriteBatch) -> tuple[UUID, ...]:
+        """Apply one batch atomically (see `WriteBatch`); return the ids of the sessions fenced.
 
         The runtime writes up to `flush_concurrency` batches at once; batches
         written at the same time never share a session.
+        """
+        ...
+
+    # Ownership (see `_ownership`). Leases and liveness are judged in the
+    # store's own time, never by comparing two runtimes' clocks.
+
+    async def register(self, instance: UUID, lease: float) -> None:
+        """Record a new live instance whose lease runs `lease` seconds from now."""
+        ...
+
+    async def renew(self, instance: UUID, lease: float) -> bool:
+        """Extend a live instance's lease to `lease` seconds from now; False if it lapsed or left (final)."""
+        ...
+
+    async def leave(self, instance: UUID) -> None:
+        """Mark the instance gone: every session it owns is free at once."""
+        ...
+
+    async def acquire(self, session_id: UUID, instance: UUID, *, messages: int) -> Acquired | Busy | None:
+        """Take the session if no live instance owns it (epoch + 1), or find it `instance`'s.
+
+        Returns the row and its newest `messages` messages under the epoch, or
+        `Busy` with the live owner, or None if no such session is stored.
+        """
+        ...
+
+    async def claim(self, session_ids: Sequence[UUID], instance: UUID) -> dict[UUID, tuple[Session, int]]:
+        """Acquire those of `session_ids` that are stored and free (or `instance`'s).
+
+        Returns the row and the new epoch of each acquired session.
+        """
+        ...
+
+    async def free_deadlines(self, before: float | None = None) -> list[tuple[UUID, float]]:
+        """Like `live_deadlines`, for active sessions no live instance owns; only those due
+        before the POSIX time `before` when it is given."""
+        ...
+
+    async def request_handoff(self, session_id: UUID, owner: UUID, requester: UUID) -> None:
+        """Ask `owner` to hand the session to `requester` (the newest request wins), and wake it."""
+        ...
+
+    async def handoff_requests(self, instance: UUID) -> list[tuple[UUID, UUID]]:
+        """`(session id, requester)` of every request addressed to `instance`."""
+        ...
+
+    async def grant(self, session_id: UUID, instance: UUID, epoch: int, to: UUID) -> bool:
+        """Move the session from `instance` (at `epoch`) to `to` under epoch + 1, drop its
+        request, and wake `to`; False if `instance` no longer owned it at `epoch`."""
+        ...
+
+    async def drop_handoff(self, session_id: UUID, instance: UUID) -> None:
+        """Forget a request addressed to `instance` that it cannot serve (it does not own the session)."""
+        ...
+
+    async def wait_for_notice(self, instance: UUID) -> None:
+        """Return when `instance` is woken by a request or a grant.
+
+        Wake-ups may be lost (or come for nothing): callers poll as well,
+        waiting under a timeout.
         """
         ...
 
@@ -146,6 +263,12 @@ class MemoryStore:
     def __init__(self) -> None:
         self._sessions: dict[UUID, Session] = {}
         self._messages: dict[UUID, list[Message]] = {}
+        # Ownership: each session's (owner, epoch); each instance's lease end
+        # (Trio time: the store's own clock) or None once it left; requests.
+        self._owners: dict[UUID, tuple[UUID | None, int]] = {}
+        self._leases: dict[UUID, float | None] = {}
+        self._handoffs: dict[UUID, tuple[UUID, UUID]] = {}
+        self._notices: dict[UUID, trio.Event] = {}
 
     @asynccontextmanager
     async def connect(self) -> AsyncIterator[None]:
@@ -177,8 +300,17 @@ class MemoryStore:
         live.sort(key=lambda pair: pair[0])
         return [(session_id, expires_at.timestamp()) for expires_at, session_id in live]
 
-    async def write(self, batch: WriteBatch) -> None:
+    async def write(self, batch: WriteBatch) -> tuple[UUID, ...]:
         await trio.lowlevel.checkpoint()
+        fenced: tuple[UUID, ...] = ()
+        if batch.owner is not None:
+            fenced = tuple(self._fenced(batch))
+            if fenced:
+                refused = set(fenced)
+                batch = batch.only(lambda session_id: session_id not in refused)
+            for session in batch.sessions:
+                if session.id in batch.created and session.id not in self._sessions:
+                    self._owners[session.id] = (batch.owner, batch.epochs.get(session.id, 1))
         for session in batch.sessions:
             stored = self._sessions.get(session.id)
             if stored is None or stored.version < session.version:
@@ -199,6 +331,108 @@ class MemoryStore:
         for session_id in batch.deletes:
             self._sessions.pop(session_id, None)
             self._messages.pop(session_id, None)
+            self._owners.pop(session_id, None)
+        return fenced
+
+    def _fenced(self, batch: WriteBatch) -> list[UUID]:
+        stored = {session_id: self._owners.get(session_id, (None, 0)) for session_id in batch.session_ids()
+                  if session_id in self._sessions}
+        return fenced_sessions(batch, stored)
+
+    # -------------------------------------------------------------- ownership
+
+    def _live(self, instance: UUID | None) -> bool:
+        if instance is None:
+            return False
+        until = self._leases.get(instance)
+        return until is not None and until > trio.current_time()
+
+    def _wake(self, instance: UUID) -> None:
+        event = self._notices.pop(instance, None)
+        if event is not None:
+            event.set()
+
+    async def register(self, instance: UUID, lease: float) -> None:
+        await trio.lowlevel.checkpoint()
+        self._leases[instance] = trio.current_time() + lease
+
+    async def renew(self, instance: UUID, lease: float) -> bool:
+        await trio.lowlevel.checkpoint()
+        if not self._live(instance):
+            return False
+        self._leases[instance] = trio.current_time() + lease
+        return True
+
+    async def leave(self, instance: UUID) -> None:
+        await trio.lowlevel.checkpoint()
+        self._leases[instance] = None
+
+    def _take(self, session_id: UUID, instance: UUID) -> int | None:
+        owner, epoch = self._owners.get(session_id, (None, 0))
+        if owner == instance:
+            return epoch
+        if self._live(owner):
+            return None
+        self._owners[session_id] = (instance, epoch + 1)
+        return epoch + 1
+
+    async def acquire(self, session_id: UUID, instance: UUID, *, messages: int) -> Acquired | Busy | None:
+        await trio.lowlevel.checkpoint()
+        row = self._sessions.get(session_id)
+        if row is None:
+            return None
+        epoch = self._take(session_id, instance)
+        if epoch is None:
+            owner = self._owners[session_id][0]
+            assert owner is not None
+            return Busy(owner)
+        stored = self._messages.get(session_id, [])
+        return Acquired(epoch, row, tuple(stored[-messages:]) if messages else ())
+
+    async def claim(self, session_ids: Sequence[UUID], instance: UUID) -> dict[UUID, tuple[Session, int]]:
+        await trio.lowlevel.checkpoint()
+        claimed = {}
+        for session_id in session_ids:
+            row = self._sessions.get(session_id)
+            if row is not None and (epoch := self._take(session_id, instance)) is not None:
+                claimed[session_id] = (row, epoch)
+        return claimed
+
+    async def free_deadlines(self, before: float | None = None) -> list[tuple[UUID, float]]:
+        live = await self.live_deadlines()
+        return [(session_id, at) for session_id, at in live
+                if not self._live(self._owners.get(session_id, (None, 0))[0])
+                and (before is None or at < before)]
+
+    async def request_handoff(self, session_id: UUID, owner: UUID, requester: UUID) -> None:
+        await trio.lowlevel.checkpoint()
+        self._handoffs[session_id] = (owner, requester)
+        self._wake(owner)
+
+    async def handoff_requests(self, instance: UUID) -> list[tuple[UUID, UUID]]:
+        await trio.lowlevel.checkpoint()
+        return [(session_id, requester) for session_id, (owner, requester) in self._handoffs.items()
+                if owner == instance]
+
+    async def grant(self, session_id: UUID, instance: UUID, epoch: int, to: UUID) -> bool:
+        await trio.lowlevel.checkpoint()
+        if session_id not in self._sessions or self._owners.get(session_id) != (instance, epoch):
+            return False
+        self._owners[session_id] = (to, epoch + 1)
+        self._handoffs.pop(session_id, None)
+        self._wake(to)
+        return True
+
+    async def drop_handoff(self, session_id: UUID, instance: UUID) -> None:
+        await trio.lowlevel.checkpoint()
+        if self._handoffs.get(session_id, (None,))[0] == instance:
+            del self._handoffs[session_id]
+
+    async def wait_for_notice(self, instance: UUID) -> None:
+        event = self._notices.get(instance)
+        if event is None:
+            event = self._notices[instance] = trio.Event()
+        await event.wait()
 
     async def list(self, query: ListQuery) -> list[Session]:
         await trio.lowlevel.checkpoint()

@@ -15,6 +15,7 @@ from typing import Any, Final, Protocol
 from uuid import UUID
 
 from .._model import EMPTY_METADATA, JsonObject, Message, Note, Session, check_metadata
+from .._store import WriteBatch, fenced_sessions
 
 
 class Row(Protocol):
@@ -115,6 +116,11 @@ def message_columns(messages: Sequence[tuple[UUID, Message]]) -> list[Sequence[A
     """The 5 column arrays of `INSERT_MESSAGES`, in batch order (first copy wins)."""
     rows = [(session_id, m.seq, m.role, m.content, m.created_at) for session_id, m in messages]
     return list(zip(*rows, strict=True))
+
+
+def fenced(batch: WriteBatch, locked: Sequence[Row]) -> list[UUID]:
+    """The sessions of `batch` that fail the fence, given its locked `(id, owner, owner_epoch)` rows."""
+    return fenced_sessions(batch, {row[0]: (row[1], row[2]) for row in locked})
 
 
 def session_from_row(row: Row) -> Session:

@@ -19,17 +19,19 @@ SESSION_COLUMNS: Final = (
 
 # One statement upserts a whole batch: one array per column, unnested into rows.
 # The WHERE of DO UPDATE is the version guard that makes retries and stale
-# writers harmless (a row only ever moves to a newer version).
+# writers harmless (a row only ever moves to a newer version). A new row is
+# inserted with its owner ($19, the writing instance) and epoch; an update
+# leaves them: the batch took the row's lock and checked them (LOCK_FOR_WRITE).
 UPSERT_SESSIONS: Final = f"""
-INSERT INTO sessions ({SESSION_COLUMNS})
+INSERT INTO sessions ({SESSION_COLUMNS}, owner, owner_epoch)
 SELECT id, user_id, agent, chat_id, title, state, metadata::jsonb, notes::jsonb, is_active,
        message_count, created_at, updated_at, last_activity, expires_at, ended_at, end_reason,
-       version, timeout
+       version, timeout, $19::uuid, owner_epoch
 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
             $8::text[], $9::boolean[], $10::integer[], $11::timestamptz[], $12::timestamptz[],
             $13::timestamptz[], $14::timestamptz[], $15::timestamptz[], $16::text[], $17::bigint[],
-            $18::float8[])
-     AS row ({SESSION_COLUMNS})
+            $18::float8[], $20::bigint[])
+     AS row ({SESSION_COLUMNS}, owner_epoch)
 ON CONFLICT (id) DO UPDATE SET
     user_id = EXCLUDED.user_id, agent = EXCLUDED.agent, chat_id = EXCLUDED.chat_id,
     title = EXCLUDED.title, state = EXCLUDED.state, metadata = EXCLUDED.metadata,
@@ -39,6 +41,15 @@ ON CONFLICT (id) DO UPDATE SET
     expires_at = EXCLUDED.expires_at, ended_at = EXCLUDED.ended_at,
     end_reason = EXCLUDED.end_reason, version = EXCLUDED.version, timeout = EXCLUDED.timeout
 WHERE sessions.version < EXCLUDED.version
+"""
+
+# The fence, first statement of every write of a runtime: lock the batch's
+# stored rows, in id order (two writers lock in the same order, never
+# deadlock), and read their owner and epoch. Under the lock they cannot
+# change until the commit, so the sessions whose owner or epoch differ are
+# left out of the statements that follow (PostgresStore.write).
+LOCK_FOR_WRITE: Final = """
+SELECT id, owner, owner_epoch FROM sessions WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE
 """
 
 # Rows changed only by activity (WriteBatch.touched): five columns, not
@@ -98,6 +109,93 @@ WHERE session_id = $1 AND seq <= $2 ORDER BY seq DESC LIMIT $3
 # so the two are equal (test_live_deadlines_are_exact_timestamps).
 LIVE_DEADLINES: Final = """
 SELECT id, extract(epoch FROM expires_at)::float8 FROM sessions WHERE is_active ORDER BY expires_at
+"""
+
+# Ownership (trio_sessions._ownership). An instance is live while it has not
+# left and its lease, judged by the server's clock, has not run out.
+_LIVE_OWNER: Final = """EXISTS (SELECT 1 FROM instances AS i
+    WHERE i.id = s.owner AND i.left_at IS NULL AND i.lease_until > now())"""
+
+REGISTER_INSTANCE: Final = """
+INSERT INTO instances (id, started_at, renewed_at, lease_until, host, pid)
+VALUES ($1, now(), now(), now() + $2 * INTERVAL '1 second', $3, $4)
+"""
+# A lease that ran out is never renewed: the instance must rejoin.
+RENEW_LEASE: Final = """
+UPDATE instances SET renewed_at = now(), lease_until = now() + $2 * INTERVAL '1 second'
+WHERE id = $1 AND left_at IS NULL AND lease_until > now()
+RETURNING 1
+"""
+LEAVE: Final = "UPDATE instances SET left_at = now() WHERE id = $1 AND left_at IS NULL"
+# Instances gone for a day are forgotten (each start adds one).
+FORGET_INSTANCES: Final = """
+DELETE FROM instances
+WHERE coalesce(left_at, lease_until) < now() - INTERVAL '1 day'
+"""
+
+# Take the session if nobody live owns it (the epoch grows when the owner
+# changes), or find it already ours; with its newest $3 messages, as
+# LOAD_SESSION, in one statement.
+ACQUIRE: Final = f"""
+WITH taken AS (
+    UPDATE sessions AS s
+    SET owner = $2, owner_epoch = s.owner_epoch + CASE WHEN s.owner = $2 THEN 0 ELSE 1 END
+    WHERE s.id = $1 AND (s.owner IS NULL OR s.owner = $2 OR NOT {_LIVE_OWNER})
+    RETURNING {SESSION_COLUMNS}, owner_epoch
+)
+SELECT {", ".join(f"t.{column.strip()}" for column in SESSION_COLUMNS.split(","))},
+       m.seqs, m.roles, m.contents, m.created, t.owner_epoch
+FROM taken AS t CROSS JOIN LATERAL (
+    SELECT array_agg(seq ORDER BY seq) AS seqs, array_agg(role ORDER BY seq) AS roles,
+           array_agg(content ORDER BY seq) AS contents, array_agg(created_at ORDER BY seq) AS created
+    FROM (SELECT seq, role, content, created_at FROM session_messages
+          WHERE session_id = t.id ORDER BY seq DESC LIMIT $3) AS newest
+) AS m
+"""
+OWNER_OF: Final = "SELECT owner FROM sessions WHERE id = $1"
+
+# Many at once, for the expiry of sessions whose owner is gone; rows in id order.
+CLAIM: Final = f"""
+UPDATE sessions AS s
+SET owner = $2, owner_epoch = s.owner_epoch + CASE WHEN s.owner = $2 THEN 0 ELSE 1 END
+FROM (SELECT id FROM sessions WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE) AS locked
+WHERE s.id = locked.id AND (s.owner IS NULL OR s.owner = $2 OR NOT {_LIVE_OWNER})
+RETURNING {", ".join(f"s.{column.strip()}" for column in SESSION_COLUMNS.split(","))}, s.owner_epoch
+"""
+
+# Active sessions nobody live owns: all of them at start, those due before
+# $1 (POSIX seconds) for the sweeper.
+FREE_DEADLINES: Final = f"""
+SELECT s.id, extract(epoch FROM s.expires_at)::float8 FROM sessions AS s
+WHERE s.is_active AND ($1::float8 IS NULL OR s.expires_at < to_timestamp($1::float8))
+  AND (s.owner IS NULL OR NOT {_LIVE_OWNER})
+ORDER BY s.expires_at
+"""
+
+# The newest request for a session wins; NOTIFY wakes its owner (a
+# notification is sent at commit, and may be lost: owners poll too).
+REQUEST_HANDOFF: Final = """
+WITH asked AS (
+    INSERT INTO session_handoffs (session_id, owner, requester, requested_at)
+    VALUES ($1, $2, $3, now())
+    ON CONFLICT (session_id) DO UPDATE
+    SET owner = EXCLUDED.owner, requester = EXCLUDED.requester, requested_at = EXCLUDED.requested_at
+    RETURNING 1
+)
+SELECT pg_notify($4, '') FROM asked
+"""
+HANDOFF_REQUESTS: Final = "SELECT session_id, requester FROM session_handoffs WHERE owner = $1"
+DROP_HANDOFF: Final = "DELETE FROM session_handoffs WHERE session_id = $1 AND owner = $2"
+# Move the owner and drop the request in one transaction, then wake the new owner.
+GRANT: Final = """
+WITH granted AS (
+    UPDATE sessions SET owner = $4, owner_epoch = owner_epoch + 1
+    WHERE id = $1 AND owner = $2 AND owner_epoch = $3
+    RETURNING id
+), dropped AS (
+    DELETE FROM session_handoffs WHERE session_id = $1 AND EXISTS (SELECT 1 FROM granted)
+)
+SELECT pg_notify($5, '') FROM granted
 """
 
 HEALTH_CHECK: Final = "SELECT 1"

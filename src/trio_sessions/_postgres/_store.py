@@ -8,6 +8,9 @@ that `import trio_sessions` does not load asyncpg.
 
 from __future__ import annotations
 
+import builtins
+import os
+import socket
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -19,7 +22,7 @@ from .._config import RuntimeConfig
 from .._migrations import load_migrations
 from .._model import Message, Session, check_text
 from .._secrets import redact_url
-from .._store import ListQuery, WriteBatch
+from .._store import Acquired, Busy, ListQuery, WriteBatch
 from . import _rows as rows
 from . import _sql as sql
 
@@ -63,6 +66,8 @@ class PostgresStore:
         self._migrate = bool(migrate)
         self._in_use = False
         self._db: Database | None = None
+        # Wake-ups of each instance (see wait_for_notice), set from the LISTEN callback.
+        self._notices: dict[UUID, trio.Event] = {}
 
     def __repr__(self) -> str:
         return f"<PostgresStore {redact_url(self._url)} {'connected' if self._db else 'closed'}>"
@@ -133,14 +138,16 @@ class PostgresStore:
         found = await self._connected().fetch(sql.LIVE_DEADLINES)
         return [tuple(row) for row in found]  # (uuid, float8): see the SQL
 
-    async def write(self, batch: WriteBatch) -> None:
-        """Apply one batch in one transaction (see `WriteBatch`).
+    async def write(self, batch: WriteBatch) -> tuple[UUID, ...]:
+        """Apply one batch in one transaction (see `WriteBatch`); return the sessions fenced.
 
-        Five kinds of statement run, each over many rows: the session
-        upsert, the activity update of touched rows, the message appends,
-        and the deletes of messages and rows. Rows are written in id order,
-        so two stores writing overlapping batches lock rows in the same order
-        instead of deadlocking.
+        A batch with an owner first locks its stored rows in id order and
+        reads their owner and epoch (`LOCK_FOR_WRITE`), so two stores writing
+        overlapping batches lock in the same order instead of deadlocking,
+        and the fence cannot change before the commit. Then five kinds of
+        statement run, each over many rows, for the sessions not fenced: the
+        session upsert, the activity update of touched rows, the message
+        appends, and the deletes of messages and rows.
 
         Raises:
             WriteRejected: PostgreSQL refused the data (SQLSTATE class 22 or
@@ -150,8 +157,21 @@ class PostgresStore:
         db = self._connected()
         if not len(batch):
             await trio.lowlevel.checkpoint()
-            return
-        await db.transaction(_statements(batch))
+            return ()
+        if batch.owner is None:
+            await db.transaction(_statements(batch))
+            return ()
+        fenced: list[UUID] = []
+
+        def fence(locked: Sequence[rows.Row]) -> Iterator[Statement]:
+            fenced[:] = rows.fenced(batch, locked)
+            if not fenced:
+                return _statements(batch)
+            refused = set(fenced)
+            return _statements(batch.only(lambda session_id: session_id not in refused))
+
+        await db.locked_transaction((sql.LOCK_FOR_WRITE, (sorted(set(batch.session_ids())),)), fence)
+        return tuple(fenced)
 
     async def list(self, query: ListQuery) -> list[Session]:
         """Up to `query.limit` sessions matching the filters, newest first.
@@ -169,6 +189,74 @@ class PostgresStore:
         found = await self._connected().fetch(sql.LIST_SQL[present], *args)
         return [rows.session_from_row(row) for row in found]
 
+    # ----------------------------------------------------------- ownership
+
+    async def register(self, instance: UUID, lease: float) -> None:
+        """Record the instance and its lease (on the dedicated connection), and listen for its wake-ups."""
+        control = self._connected().control
+        await control.fetchval(sql.FORGET_INSTANCES)
+        host = socket.gethostname()[:255]
+        await control.fetchval(sql.REGISTER_INSTANCE, instance, lease, host, os.getpid())
+        await control.listen(_channel(instance), lambda: self._wake(instance))
+
+    async def renew(self, instance: UUID, lease: float) -> bool:
+        return await self._connected().control.fetchval(sql.RENEW_LEASE, instance, lease) is not None
+
+    async def leave(self, instance: UUID) -> None:
+        control = self._connected().control
+        await control.fetchval(sql.LEAVE, instance)
+        await control.unlisten(_channel(instance))
+
+    async def acquire(self, session_id: UUID, instance: UUID, *, messages: int) -> Acquired | Busy | None:
+        db = self._connected()
+        row = await db.fetchrow(sql.ACQUIRE, session_id, instance, messages)
+        if row is not None:
+            seqs = row[18]
+            loaded = () if seqs is None else tuple(map(Message, seqs, row[19], row[20], row[21]))
+            return Acquired(row[22], rows.session_from_row(row), loaded)
+        owner = await db.fetchrow(sql.OWNER_OF, session_id)
+        if owner is None:
+            return None
+        if owner[0] is None or owner[0] == instance:  # freed, or granted, since: try again
+            return await self.acquire(session_id, instance, messages=messages)
+        return Busy(owner[0])
+
+    async def claim(self, session_ids: Sequence[UUID], instance: UUID) -> dict[UUID, tuple[Session, int]]:
+        if not session_ids:
+            await trio.lowlevel.checkpoint()
+            return {}
+        found = await self._connected().fetch(sql.CLAIM, list(session_ids), instance)
+        return {row[0]: (rows.session_from_row(row), row[18]) for row in found}
+
+    async def free_deadlines(self, before: float | None = None) -> builtins.list[tuple[UUID, float]]:
+        found = await self._connected().fetch(sql.FREE_DEADLINES, before)
+        return [tuple(row) for row in found]
+
+    async def request_handoff(self, session_id: UUID, owner: UUID, requester: UUID) -> None:
+        await self._connected().fetch(sql.REQUEST_HANDOFF, session_id, owner, requester, _channel(owner))
+
+    async def handoff_requests(self, instance: UUID) -> builtins.list[tuple[UUID, UUID]]:
+        found = await self._connected().fetch(sql.HANDOFF_REQUESTS, instance)
+        return [(row[0], row[1]) for row in found]
+
+    async def grant(self, session_id: UUID, instance: UUID, epoch: int, to: UUID) -> bool:
+        found = await self._connected().fetch(sql.GRANT, session_id, instance, epoch, to, _channel(to))
+        return bool(found)
+
+    async def drop_handoff(self, session_id: UUID, instance: UUID) -> None:
+        await self._connected().fetch(sql.DROP_HANDOFF, session_id, instance)
+
+    async def wait_for_notice(self, instance: UUID) -> None:
+        event = self._notices.get(instance)
+        if event is None:
+            event = self._notices[instance] = trio.Event()
+        await event.wait()
+
+    def _wake(self, instance: UUID) -> None:
+        event = self._notices.pop(instance, None)
+        if event is not None:
+            event.set()
+
     async def health_check(self) -> None:
         """Return when PostgreSQL answers `SELECT 1`.
 
@@ -185,6 +273,11 @@ class PostgresStore:
         return self._db
 
 
+def _channel(instance: UUID) -> str:
+    """The NOTIFY channel that wakes one instance (made here from its UUID, never from input)."""
+    return f"trio_sessions_{instance.hex}"
+
+
 def _statements(batch: WriteBatch) -> Iterator[Statement]:
     """The statements of one batch, in the same order as `MemoryStore.write`:
     rows, then messages, then deletes.
@@ -194,7 +287,11 @@ def _statements(batch: WriteBatch) -> Iterator[Statement]:
     encoding holds the event loop (Trio's, that is), and a whole batch of
     full rows would hold it ~15 ms (benchmarks/s5).
     """
-    yield from _in_parts(sql.UPSERT_SESSIONS, rows.session_columns, rows.by_id(batch.sessions))
+    def upsert_columns(sessions: Sequence[Session]) -> list[Any]:
+        epochs = batch.epochs
+        return [*rows.session_columns(sessions), batch.owner, [epochs.get(s.id, 0) for s in sessions]]
+
+    yield from _in_parts(sql.UPSERT_SESSIONS, upsert_columns, rows.by_id(batch.sessions))
     yield from _in_parts(sql.TOUCH_SESSIONS, rows.touched_columns, rows.by_id(batch.touched))
     yield from _in_parts(sql.INSERT_MESSAGES, rows.message_columns, batch.messages)
     if batch.deletes:

@@ -32,7 +32,7 @@ from .._store import Store
 
 if TYPE_CHECKING:
     from .._model import Message, Session
-    from .._store import ListQuery, WriteBatch
+    from .._store import Acquired, Busy, ListQuery, WriteBatch
 
 # What `failure_rate` injects: the transient errors PostgresStore turns into
 # StoreUnavailable (`_postgres._bridge._errors.is_transient`),
@@ -65,7 +65,10 @@ class FaultyStore:
     """A `Store` that wraps another and injects PostgreSQL's transient failures.
 
     Every call (`load`, `load_messages`, `load_sessions`, `live_deadlines`,
-    `write`, `list`, `health_check`) first sleeps for a latency drawn from `latency` (a
+    `write`, `list`, `health_check`, and the ownership calls `register`,
+    `renew`, `leave`, `acquire`, `claim`, `free_deadlines`,
+    `request_handoff`, `handoff_requests`, `grant`, `drop_handoff`; not
+    `wait_for_notice`) first sleeps for a latency drawn from `latency` (a
     checkpoint even when it is 0), then:
 
     1. inside an outage window, raises `StoreUnavailable` ("connection refused");
@@ -166,15 +169,61 @@ class FaultyStore:
         await self._arrive()
         return await self.inner.live_deadlines()
 
-    async def write(self, batch: WriteBatch) -> None:
+    async def write(self, batch: WriteBatch) -> tuple[UUID, ...]:
         unknown = await self._arrive()
-        await self.inner.write(batch)
+        fenced = await self.inner.write(batch)
         if unknown < self._unknown_commit_rate:
             self.unknown_commits += 1
             raise StoreUnavailable(
                 "PostgreSQL is unavailable: TransactionResolutionUnknownError [08007]: "
                 "connection lost during COMMIT, the transaction's outcome is unknown "
                 "(injected by FaultyStore: it was committed)")
+        return fenced
+
+    async def register(self, instance: UUID, lease: float) -> None:
+        await self._arrive()
+        await self.inner.register(instance, lease)
+
+    async def renew(self, instance: UUID, lease: float) -> bool:
+        await self._arrive()
+        return await self.inner.renew(instance, lease)
+
+    async def leave(self, instance: UUID) -> None:
+        await self._arrive()
+        await self.inner.leave(instance)
+
+    async def acquire(self, session_id: UUID, instance: UUID, *, messages: int) -> Acquired | Busy | None:
+        await self._arrive()
+        return await self.inner.acquire(session_id, instance, messages=messages)
+
+    async def claim(self, session_ids: Sequence[UUID], instance: UUID) -> dict[UUID, tuple[Session, int]]:
+        await self._arrive()
+        return await self.inner.claim(session_ids, instance)
+
+    async def free_deadlines(self, before: float | None = None) -> list[tuple[UUID, float]]:
+        await self._arrive()
+        return await self.inner.free_deadlines(before)
+
+    async def request_handoff(self, session_id: UUID, owner: UUID, requester: UUID) -> None:
+        await self._arrive()
+        await self.inner.request_handoff(session_id, owner, requester)
+
+    async def handoff_requests(self, instance: UUID) -> list[tuple[UUID, UUID]]:
+        await self._arrive()
+        return await self.inner.handoff_requests(instance)
+
+    async def grant(self, session_id: UUID, instance: UUID, epoch: int, to: UUID) -> bool:
+        await self._arrive()
+        return await self.inner.grant(session_id, instance, epoch, to)
+
+    async def drop_handoff(self, session_id: UUID, instance: UUID) -> None:
+        await self._arrive()
+        await self.inner.drop_handoff(session_id, instance)
+
+    async def wait_for_notice(self, instance: UUID) -> None:
+        # Not faulted: a lost wake-up is what the callers' polling covers, and
+        # a wait that fails would only be retried at once.
+        await self.inner.wait_for_notice(instance)
 
     async def list(self, query: ListQuery) -> list[Session]:
         await self._arrive()

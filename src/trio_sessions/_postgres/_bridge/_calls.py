@@ -61,14 +61,16 @@ class Database:
 
     Every method is a Trio checkpoint and translates the driver's errors
     (see the module's docstring). Cancelling a call cancels its query.
+    `control` is the dedicated connection of leases and notifications.
     """
 
-    __slots__ = ("_loop", "_pool", "_url")
+    __slots__ = ("_loop", "_pool", "_url", "control")
 
-    def __init__(self, loop: Any, pool: Pool, url: str) -> None:
+    def __init__(self, loop: Any, pool: Pool, url: str, config: RuntimeConfig) -> None:
         self._loop = loop  # the trio-asyncio loop (untyped)
         self._pool = pool
         self._url = url  # for error messages, which never show its password
+        self.control = Control(loop, url, config)
 
     async def fetch(self, statement: str, *args: object) -> list[asyncpg.Record]:
         """The rows of one statement."""
@@ -94,12 +96,129 @@ class Database:
         with store_errors(rejectable=True, url=self._url):
             await _run(self._loop, _aio_transaction, self._pool, statements)
 
+    async def locked_transaction(self, lock: Statement,
+                                 then: Callable[[list[asyncpg.Record]], Iterable[Statement]]) -> None:
+        """In one transaction: fetch `lock`'s rows, then run the statements `then(rows)` gives.
+
+        Raises as `transaction`.
+        """
+        with store_errors(rejectable=True, url=self._url):
+            await _run(self._loop, _aio_locked_transaction, self._pool, lock, then)
+
     async def health_check(self) -> None:
         """Return when PostgreSQL answers `SELECT 1`; raise `StoreUnavailable` on any failure."""
         try:
             await _run(self._loop, _aio_fetch, self._pool, sql.HEALTH_CHECK)
         except Exception as exc:
             raise StoreUnavailable(f"PostgreSQL health check failed: {describe(exc)}") from exc
+
+
+#: Called on the asyncio side for each notification on a channel one listens to.
+Listener: TypeAlias = Callable[[], None]
+
+
+class Control:
+    """The dedicated connection (not a pooled one) for the lease and `LISTEN`.
+
+    A pooled connection's reset drops its listeners, so notifications need a
+    connection of their own; the lease renewal gives it regular traffic, so a
+    dead connection is noticed within one renewal. It is opened at the first
+    call, and opened again (listening again on every channel) at the call
+    after one that found it broken: notifications sent in the gap are lost,
+    which is why whoever waits for one also polls.
+    """
+
+    __slots__ = ("_channels", "_config", "_connection", "_loop", "_url")
+
+    def __init__(self, loop: Any, url: str, config: RuntimeConfig) -> None:
+        self._loop = loop
+        self._url = url
+        self._config = config
+        self._connection: asyncpg.Connection[asyncpg.Record] | None = None
+        self._channels: dict[str, Callable[..., None]] = {}
+
+    async def fetchval(self, statement: str, *args: object) -> Any:
+        """The first value of one statement, on the dedicated connection."""
+        with store_errors(url=self._url):
+            return await _run(self._loop, self._aio_fetchval, statement, args)
+
+    async def listen(self, channel: str, listener: Listener) -> None:
+        """Call `listener` at each notification on `channel` (until `unlisten`)."""
+        def callback(*_: object) -> None:
+            listener()
+
+        self._channels[channel] = callback
+        with store_errors(url=self._url):
+            await _run(self._loop, self._aio_listen, channel, callback)
+
+    async def unlisten(self, channel: str) -> None:
+        callback = self._channels.pop(channel, None)
+        if callback is None:
+            await trio.lowlevel.checkpoint()
+            return
+        with store_errors(url=self._url):
+            await _run(self._loop, self._aio_unlisten, channel, callback)
+
+    async def close(self) -> None:
+        with trio.move_on_after(POOL_CLOSE_TIMEOUT, shield=True):  # noqa: ASYNC912  _run awaits the close
+            await _run(self._loop, self._aio_close)
+
+    # asyncio side
+    async def _aio_connection(self) -> asyncpg.Connection[asyncpg.Record]:
+        connection = self._connection
+        if connection is None or connection.is_closed():
+            self._connection = None
+            connection = await asyncpg.connect(
+                self._url, timeout=self._config.connect_timeout,
+                command_timeout=self._config.command_timeout,
+                server_settings=_server_settings(self._config))
+            for channel, callback in self._channels.items():
+                await connection.add_listener(channel, callback)
+            self._connection = connection
+        return connection  # noqa: ASYNC910  runs on the asyncio side
+
+    async def _aio_fetchval(self, statement: str, args: Sequence[object]) -> Any:
+        connection = await self._aio_connection()
+        try:
+            return await connection.fetchval(statement, *args)
+        except asyncpg.PostgresError:
+            raise  # the server answered: the connection is fine
+        except BaseException:  # broken, timed out or cancelled: the next call connects afresh
+            self._connection = None
+            connection.terminate()
+            raise
+
+    async def _aio_listen(self, channel: str, callback: Callable[..., None]) -> None:  # noqa: ASYNC910  asyncio side
+        connection = await self._aio_connection()
+        if channel in self._channels:
+            await connection.add_listener(channel, callback)
+
+    async def _aio_unlisten(self, channel: str, callback: Callable[..., None]) -> None:  # noqa: ASYNC910  asyncio side
+        connection = self._connection
+        if connection is not None and not connection.is_closed():
+            await connection.remove_listener(channel, callback)
+
+    async def _aio_close(self) -> None:  # noqa: ASYNC910  runs on the asyncio side
+        connection, self._connection = self._connection, None
+        if connection is not None and not connection.is_closed():
+            try:
+                await connection.close(timeout=POOL_CLOSE_TIMEOUT)
+            except Exception:
+                connection.terminate()
+
+
+def _server_settings(config: RuntimeConfig) -> dict[str, str]:
+    """Settings of every connection of the runtime: a name, and bounds on how long locks are held.
+
+    `lock_timeout` bounds a statement's wait for a row lock, and
+    `idle_in_transaction_session_timeout` ends a transaction whose process
+    stopped in the middle of it (frozen with SIGSTOP, say), releasing its
+    locks: a frozen process cannot hold the others up for longer.
+    """
+    return {"application_name": APPLICATION_NAME,
+            "lock_timeout": f"{max(1, round(config.lock_timeout * 1000))}ms",
+            "idle_in_transaction_session_timeout":
+                f"{max(1, round(config.idle_transaction_timeout * 1000))}ms"}
 
 
 @asynccontextmanager
@@ -134,10 +253,14 @@ async def open_database(url: str, config: RuntimeConfig, migrations: Sequence[tu
                 if missing:
                     raise target.schema_behind(url, missing)
             pool = await _run(loop, _aio_create_pool, url, config)
+        database = Database(loop, pool, url, config)
         try:
-            yield Database(loop, pool, url)
+            yield database
         finally:
-            await _close_pool(loop, pool)
+            try:
+                await database.control.close()
+            finally:
+                await _close_pool(loop, pool)
 
 
 async def execute_once(url: str, statement: str) -> None:
@@ -184,7 +307,7 @@ async def _aio_create_pool(url: str, config: RuntimeConfig) -> Pool:
             max_inactive_connection_lifetime=config.max_inactive_connection_lifetime,
             timeout=config.connect_timeout,
             command_timeout=config.command_timeout,
-            server_settings={"application_name": APPLICATION_NAME},
+            server_settings=_server_settings(config),
             reset=_aio_keep_session,
         )
     except Exception as exc:
@@ -240,6 +363,14 @@ async def _aio_fetchrow(pool: Pool, statement: str, *args: object) -> asyncpg.Re
 async def _aio_transaction(pool: Pool, statements: Iterable[Statement]) -> None:
     async with pool.acquire() as connection, connection.transaction():
         for statement, args in statements:
+            await connection.execute(statement, *args)
+
+
+async def _aio_locked_transaction(pool: Pool, lock: Statement,
+                                  then: Callable[[list[asyncpg.Record]], Iterable[Statement]]) -> None:
+    async with pool.acquire() as connection, connection.transaction():
+        locked = await connection.fetch(lock[0], *lock[1])
+        for statement, args in then(locked):
             await connection.execute(statement, *args)
 
 

@@ -37,7 +37,9 @@ class StartFailed(Exception):
 
 # Operator intervention (server shutting down, or a query cancelled by an
 # administrator), too many connections, serialization failure, deadlock.
-_TRANSIENT_SQLSTATES: Final = frozenset({"57P01", "57P02", "57P03", "57014", "53300", "40001", "40P01"})
+# 55P03: lock_timeout ran out (a frozen process held the row); 25P03: our transaction sat idle too long.
+_TRANSIENT_SQLSTATES: Final = frozenset({"57P01", "57P02", "57P03", "57014", "53300", "40001", "40P01",
+                                         "55P03", "25P03"})
 
 
 def is_transient(exc: BaseException) -> bool:
