@@ -30,9 +30,10 @@ RANKS = {
     "_commands": 8,
     "_transitions": 9, "_deadlines": 9,
     "_actor": 10, "_subscriptions": 10,
-    "_expiry": 11,
-    "_supervisor": 12,
-    "_runtime": 13,
+    "_ownership": 11,
+    "_expiry": 12,
+    "_supervisor": 13,
+    "_runtime": 14,
 }
 TOP = 100
 #: The bridge's modules: the only ones that may import asyncio, asyncpg or trio_asyncio.

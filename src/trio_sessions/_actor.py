@@ -39,7 +39,7 @@ from ._commands import (
     Touch,
     Update,
 )
-from ._errors import SessionError, SessionInactive, SessionNotFound, StoreUnavailable
+from ._errors import Overloaded, SessionError, SessionInactive, SessionNotFound, StoreUnavailable
 from ._model import EventKind, Message, Session
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from ._config import RuntimeConfig
     from ._deadlines import DeadlineQueue
     from ._metrics import Counters
-    from ._readthrough import ReadThrough
+    from ._readthrough import Loaded, ReadThrough
     from ._writebehind import DurableWaiter, WriteBehind
 
 T = TypeVar("T")
@@ -63,16 +63,44 @@ class ActorHost(Protocol):
     writebehind: WriteBehind
     reads: ReadThrough
 
+    @property
+    def ownership(self) -> Owner: ...
+
     def publish(self, kind: EventKind, session: Session) -> None: ...
     def retire(self, actor: SessionActor) -> None: ...
     def start_task(self, actor: SessionActor) -> None: ...
     def task_done(self, actor: SessionActor) -> None: ...
 
 
+class Owner(Protocol):
+    """What an actor needs from `_ownership`: to read its session as its owner, and the lease."""
+
+    def valid(self, now: float) -> bool: ...
+    def owns(self, session_id: UUID) -> bool: ...
+    async def load(self, session_id: UUID, *, messages: int) -> Loaded | None: ...
+
+
 class Predecessor(Protocol):
     """What held a session before a new actor: a retired actor still busy, or an expiry's hold."""
 
     stopped: trio.Event | None
+
+
+class Hold:
+    """Stands in for an actor while a session has none and must not get one yet.
+
+    The expiry engine holds a session it expires without an actor; a hand-off
+    holds one from the moment its actor has stopped until it is granted.
+    """
+
+    __slots__ = ("stopped",)
+
+    def __init__(self) -> None:
+        self.stopped: trio.Event | None = trio.Event()
+
+    def release(self) -> None:
+        assert self.stopped is not None
+        self.stopped.set()
 
 
 class SessionActor:
@@ -144,6 +172,16 @@ class SessionActor:
         """
         if self._deleted:
             raise SessionNotFound(self.id)
+        ownership = self._host.ownership
+        if not ownership.valid(now):
+            raise StoreUnavailable("this runtime's lease in the store lapsed (it was paused, or cut off "
+                                   "from the store, for longer than lease_duration): retry the call")
+        if not ownership.owns(self.id):
+            # Loaded under an identity the runtime has since given up (it
+            # rejoined meanwhile): a retry activates the session afresh.
+            self._host.retire(self)
+            raise StoreUnavailable(f"session {self.id} changed owner while it was being activated: "
+                                   "retry the call")
         owner = command.owner
         if owner is not None:
             session = self.session
@@ -262,20 +300,21 @@ class SessionActor:
                 # which would hammer a store that is down).
                 until = host.clock.now() + host.config.retry_max_delay
                 host.deadlines.defer(self.id, command.deadline, until)
-            error = StoreUnavailable(str(exc))
+            error: SessionError = (
+                Overloaded(str(exc)) if isinstance(exc, Overloaded) else StoreUnavailable(str(exc)))
             error.__cause__ = exc.__cause__ or exc  # what the store raised, for every caller
             reply.settle(None, error)
         self._mailbox = None
 
     async def _load(self) -> None:
-        """Read the session through the write-behind (buffer first, then the store)."""
+        """Read the session as its owner (acquiring it, or asking its owner to hand it over)."""
         if self._predecessor is not None:
             assert self._predecessor.stopped is not None
             await self._predecessor.stopped.wait()
             self._predecessor = None
         host = self._host
         max_messages = host.config.max_messages
-        loaded = await host.reads.session(self.id, messages=max_messages)
+        loaded = await host.ownership.load(self.id, messages=max_messages)
         if loaded is None:
             host.deadlines.discard(self.id)
             raise SessionNotFound(self.id)

@@ -21,6 +21,7 @@ from uuid import UUID
 import trio
 
 from . import _transitions as transitions
+from ._actor import Hold
 from ._commands import Command, Expire, Reply
 from ._errors import SessionNotFound, StoreUnavailable
 from ._model import EventKind, Session
@@ -31,21 +32,9 @@ if TYPE_CHECKING:
     from ._config import RuntimeConfig
     from ._deadlines import DeadlineQueue
     from ._metrics import Counters
+    from ._ownership import Ownership
     from ._readthrough import ReadThrough
     from ._writebehind import WriteBehind
-
-
-class Hold:
-    """Stands in for an actor while the engine expires a session that has none."""
-
-    __slots__ = ("stopped",)
-
-    def __init__(self) -> None:
-        self.stopped: trio.Event | None = trio.Event()
-
-    def release(self) -> None:
-        assert self.stopped is not None
-        self.stopped.set()
 
 
 class ExpiryHost(Protocol):
@@ -57,6 +46,7 @@ class ExpiryHost(Protocol):
     deadlines: DeadlineQueue
     writebehind: WriteBehind
     reads: ReadThrough
+    ownership: Ownership
 
     def publish(self, kind: EventKind, session: Session) -> None: ...
     def resident(self, session_id: UUID) -> SessionActor | None: ...
@@ -95,9 +85,9 @@ class ExpiryEngine:
         self.released = trio.Event()
 
     async def load(self) -> None:
-        """Queue every live session of the store (those already due expire at once)."""
+        """Queue every live session of the store that no live runtime owns (those due expire at once)."""
         host = self._host
-        live = await host.reads.live_deadlines()  # by deadline: the bulk sort is cheap
+        live = await host.reads.free_deadlines()  # by deadline: the bulk sort is cheap
         to_trio = host.clock.timestamp_to_trio
         host.deadlines.extend((session_id, to_trio(expires_at)) for session_id, expires_at in live)
 
@@ -113,7 +103,8 @@ class ExpiryEngine:
                 resident, held = self._split_resident(due)
                 for session_id, deadline in resident:
                     actor = host.resident(session_id)
-                    if actor is not None and actor.idle() and host.writebehind.has_room():
+                    if (actor is not None and actor.idle() and host.writebehind.has_room()
+                            and host.ownership.valid(trio.current_time())):
                         # Nothing queued for it: expire it here, as a caller's
                         # fast path would (no mailbox, no task switch, no reply).
                         actor.apply(Expire(deadline), host.clock.now())
@@ -134,6 +125,10 @@ class ExpiryEngine:
         """
         host = self._host
         await trio.lowlevel.checkpoint()
+        if not host.ownership.valid(trio.current_time()):
+            raise StoreUnavailable("this runtime's lease on its sessions lapsed (the store was out of reach "
+                                   f"for longer than lease_duration={host.config.lease_duration}s); "
+                                   "it is rejoining, try again")
         due = [*host.deadlines.pop_deferred(), *host.deadlines.pop_due(trio.current_time())]
         # Those the task is expiring right now too: this call's command queues
         # behind the task's (or its actor waits for the task's hold), so it
@@ -204,7 +199,19 @@ class ExpiryEngine:
         host = self._host
         expired_count = failed = 0
         try:
-            rows, unreadable = await host.reads.sessions(list(held))
+            owned = host.ownership.owned
+            rows, unreadable = await host.reads.sessions([i for i in held if i in owned])
+            free = [session_id for session_id in held if session_id not in owned]
+            if free:  # queued by the sweeper (or at start): expired by whoever claims them
+                try:
+                    claimed = await host.ownership.claim(free)
+                except StoreUnavailable:
+                    unreadable = [*unreadable, *free]
+                else:
+                    rows.update(claimed)
+                    for session_id in free:
+                        if session_id not in claimed:  # a live runtime owns it: its own to expire
+                            host.deadlines.discard(session_id)
             if unreadable:
                 until = host.clock.now() + host.config.retry_max_delay
                 for session_id in unreadable:
@@ -212,6 +219,8 @@ class ExpiryEngine:
                 failed = len(unreadable)
             await host.writebehind.wait_for_room()
             now = host.clock.now()
+            if not host.ownership.valid(now):  # the lease lapsed: nothing here is ours to change
+                return expired_count, failed
             for session_id, row in rows.items():
                 if not row.is_active:
                     continue

@@ -180,6 +180,17 @@ class MetricsSnapshot:
     events_dropped: int
     #: Times a writer waited because the write-behind buffer was full.
     backpressure_waits: int
+    #: Ownership (several runtimes on one store): sessions this runtime owns;
+    #: sessions it took from the store; hand-offs it asked for, received and
+    #: granted; sessions whose writes were fenced (another runtime had taken
+    #: them); leases lost.
+    owned: int = 0
+    acquisitions: int = 0
+    handoffs_requested: int = 0
+    handoffs_received: int = 0
+    handoffs_granted: int = 0
+    fenced_sessions: int = 0
+    lease_lapses: int = 0
 
 
 @dataclass(slots=True)
@@ -198,6 +209,12 @@ class Counters:
     passivations: int = 0
     events_dropped: int = 0
     backpressure_waits: int = 0
+    acquisitions: int = 0
+    handoffs_requested: int = 0
+    handoffs_received: int = 0
+    handoffs_granted: int = 0
+    fenced_sessions: int = 0
+    lease_lapses: int = 0
 
     def operations(self) -> Mapping[str, OperationStats]:
         return MappingProxyType({name: h.stats() for name, h in self.latency.items()})

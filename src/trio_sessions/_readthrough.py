@@ -103,9 +103,9 @@ class ReadThrough:
         """Return when the store answers (once, no retry); raise `StoreUnavailable` otherwise."""
         await self._store.health_check()
 
-    async def live_deadlines(self) -> list[tuple[UUID, float]]:
-        """`(id, expires_at timestamp)` of every stored active session, by deadline (at start)."""
-        return await self._retry.read(self._store.live_deadlines)
+    async def free_deadlines(self) -> list[tuple[UUID, float]]:
+        """`(id, expires_at timestamp)` of every stored active session no live runtime owns, by deadline."""
+        return await self._retry.read(self._store.free_deadlines)
 
     async def list(self, query: ListQuery) -> list[Session]:
         """A page of stored sessions, after everything acknowledged so far is committed."""

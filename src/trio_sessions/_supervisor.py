@@ -25,16 +25,17 @@ from uuid import UUID
 import trio
 
 from . import _transitions as transitions
-from ._actor import Predecessor, SessionActor
+from ._actor import Hold, Predecessor, SessionActor
 from ._clock import Clock
 from ._commands import Command, Read, Reply
 from ._config import RuntimeConfig
 from ._deadlines import DeadlineQueue
 from ._errors import Overloaded, RuntimeClosed, StoreUnavailable
-from ._expiry import ExpiryEngine, Hold
+from ._expiry import ExpiryEngine
 from ._health import Health
 from ._metrics import Counters, MetricsSnapshot
 from ._model import EventKind, Session
+from ._ownership import Ownership
 from ._readthrough import ReadThrough
 from ._retry import Retry, foreign_failure
 from ._store import Store
@@ -53,8 +54,10 @@ class Supervisor:
         self.clock = Clock()
         self.deadlines = DeadlineQueue()
         self.retry = Retry(config, self.counters, random.Random(random.getrandbits(64)))
-        self.writebehind = WriteBehind(store, config, self.counters, self.retry)
+        self.ownership = Ownership(store, config, self.counters, self.retry, self)
+        self.writebehind = WriteBehind(store, config, self.counters, self.retry, self.ownership)
         self.writebehind.on_refused = self._reconcile
+        self.writebehind.on_fenced = self._fenced
         self.reads = ReadThrough(store, self.writebehind, self.retry)
         self.events = EventHub(self.counters)
         self.expiry = ExpiryEngine(self)
@@ -71,8 +74,12 @@ class Supervisor:
     # -------------------------------------------------------------- lifecycle
 
     async def start(self, nursery: trio.Nursery) -> None:
-        """Start the flusher, the expiry engine and the idle sweeper in `nursery`; ready on return."""
+        """Take a lease, start the flusher, the expiry engine and the idle sweeper in `nursery`.
+
+        Ready on return.
+        """
         self._nursery = nursery
+        await nursery.start(self.ownership.run)
         await nursery.start(self.writebehind.run)
         await nursery.start(self._run_background)
 
@@ -106,6 +113,7 @@ class Supervisor:
                 while self._running:
                     await self._all_stopped.park()
                 await self.writebehind.flush()
+                await self.ownership.leave()  # flushed: this instance's sessions are free at once
         self.events.close()
         if scope.cancelled_caught:
             raise StoreUnavailable(
@@ -173,6 +181,34 @@ class Supervisor:
         queued = actor.post_nowait(command, reply)
         assert queued  # a registered actor has not retired
 
+    async def stop_session(self, session_id: UUID, hold: Hold) -> None:
+        """Stop the session's actor (after what it has queued) and hold it: no actor loads until unheld."""
+        while True:
+            actor = self._actors.get(session_id)
+            if actor is not None:
+                self.retire(actor)
+            previous = self._retiring.get(session_id)
+            if previous is None:
+                break
+            assert previous.stopped is not None
+            await previous.stopped.wait()
+        self._retiring[session_id] = hold
+        await trio.lowlevel.checkpoint()
+
+    async def stop_all(self) -> None:
+        """Retire every actor (the lease lapsed); those still applying queued commands refuse them."""
+        for actor in list(self._actors.values()):
+            self.retire(actor)
+        await trio.lowlevel.checkpoint()
+
+    def _fenced(self, session_id: UUID) -> None:
+        """Another instance took the session: this runtime forgets it, and stops its actor."""
+        self.ownership.lost(session_id)
+        self.deadlines.discard(session_id)
+        actor = self._actors.get(session_id)
+        if actor is not None:
+            self.retire(actor)
+
     def _reconcile(self, session_id: UUID, refused: Session | None) -> None:
         """The database refused a session's row: tell subscribers, and reload the session.
 
@@ -223,7 +259,7 @@ class Supervisor:
         """
         self.check_open()
         actor = self._actors.get(session_id)
-        if actor is not None and actor.idle():
+        if actor is not None and actor.idle() and self.ownership.valid(trio.current_time()):
             # Fast path: nothing is queued for this session, so the caller may
             # apply its command itself (SessionActor.apply), sparing two task
             # switches and the mailbox. It re-checks after its checkpoint.
@@ -231,7 +267,8 @@ class Supervisor:
             self.check_open()
             # Still idle means still resident: an actor leaves `_actors` only
             # by retiring, and a session has one actor that has not retired.
-            if actor.idle() and (not command.mutating or self.writebehind.has_room()):
+            if (actor.idle() and (not command.mutating or self.writebehind.has_room())
+                    and self.ownership.valid(trio.current_time())):
                 self._actors.move_to_end(session_id)
                 actor.last_used = now = trio.current_time()
                 value, waiter = actor.apply(command, now)
@@ -241,10 +278,12 @@ class Supervisor:
         reply = Reply[T]()
         timeout = self.config.call_timeout
         if timeout is None:
+            await self.ownership.wait_valid()
             await self._deliver(session_id, command, reply)
             value = await reply.wait()
         else:
             with trio.move_on_after(timeout) as scope:
+                await self.ownership.wait_valid()
                 await self._deliver(session_id, command, reply)
                 value = await reply.wait()
             if scope.cancelled_caught:
@@ -273,18 +312,21 @@ class Supervisor:
         self.check_open()
         await trio.lowlevel.checkpoint()
         writebehind = self.writebehind
-        if not writebehind.has_room():
+        ownership = self.ownership
+        if not writebehind.has_room() or not ownership.valid(trio.current_time()):
             call_timeout = self.config.call_timeout
             with trio.move_on_after(math.inf if call_timeout is None else call_timeout):
+                await ownership.wait_valid()
                 await writebehind.wait_for_room()
-            if not writebehind.has_room():
+            if not writebehind.has_room() or not ownership.valid(trio.current_time()):
                 raise Overloaded(f"create not applied within call_timeout={call_timeout}s")
         self.check_open()
         # From here to the record there is no checkpoint: the creation is atomic.
         wall = self.clock.to_wall(self.clock.now())
         deadline, expires_at = self.clock.deadline_after(wall, seconds)
         session = transitions.created(uuid.uuid4(), fields, seconds, wall, expires_at)
-        writebehind.record(session)
+        ownership.created(session.id)
+        writebehind.record(session, created=True)
         self.deadlines.push(session.id, deadline)
         self.publish("created", session)
         if durable:
@@ -339,4 +381,8 @@ class Supervisor:
             flushed_sessions=c.flushed_sessions,
             flushed_messages=c.flushed_messages, store_errors=c.store_errors, retries=c.retries,
             rejected_rows=c.rejected_rows, expired=c.expired, passivations=c.passivations,
-            events_dropped=c.events_dropped, backpressure_waits=c.backpressure_waits)
+            events_dropped=c.events_dropped, backpressure_waits=c.backpressure_waits,
+            owned=len(self.ownership.owned), acquisitions=c.acquisitions,
+            handoffs_requested=c.handoffs_requested, handoffs_received=c.handoffs_received,
+            handoffs_granted=c.handoffs_granted, fenced_sessions=c.fenced_sessions,
+            lease_lapses=c.lease_lapses)

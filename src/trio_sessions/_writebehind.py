@@ -23,15 +23,16 @@ still buffered or in flight has a ticket above T". That is what `flush` waits fo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from itertools import islice
+from typing import Protocol
 from uuid import UUID
 
 import trio
 from loguru import logger
 
 from ._config import RuntimeConfig
-from ._errors import WriteRejected
+from ._errors import SessionMoved, WriteRejected
 from ._metrics import Counters
 from ._model import Message, Session
 from ._retry import Retry
@@ -39,6 +40,17 @@ from ._store import Store, WriteBatch
 
 #: Told when the database refuses a session's row for good: (session id, the refused row).
 RefusalHandler = Callable[[UUID, Session | None], None]
+#: Told when a session's writes were fenced: another instance owns it now.
+FenceHandler = Callable[[UUID], None]
+
+
+class Owner(Protocol):
+    """Whose writes these are: the instance id, and the epoch of each session it owns (`_ownership`)."""
+
+    @property
+    def instance(self) -> UUID: ...
+    @property
+    def owned(self) -> Mapping[UUID, int]: ...
 
 
 class DurableWaiter:
@@ -64,8 +76,8 @@ class DurableWaiter:
 class _Entry:
     """One session's buffered changes: its newest row, or a deletion, and new messages."""
 
-    __slots__ = ("deleted", "full", "messages", "refused", "row", "session_id", "settled", "since",
-                 "ticket", "waiters")
+    __slots__ = ("created", "deleted", "full", "messages", "refused", "row", "session_id", "settled",
+                 "since", "ticket", "waiters")
 
     def __init__(self, session_id: UUID, ticket: int, since: float) -> None:
         self.reset(session_id, ticket, since)
@@ -78,6 +90,7 @@ class _Entry:
         # them, and each list would be one more object for the cyclic GC.
         self.messages: list[Message] | None = None
         self.deleted = False
+        self.created = False  # the session was created since the last flush: its row may be inserted
         # False while every change since the last flush was activity: the
         # store then updates only the activity columns (WriteBatch.touched).
         self.full = False
@@ -109,13 +122,17 @@ class WriteBehind:
     session's state is half changed, since `record` does not checkpoint.
     """
 
-    def __init__(self, store: Store, config: RuntimeConfig, counters: Counters, retry: Retry) -> None:
+    def __init__(self, store: Store, config: RuntimeConfig, counters: Counters, retry: Retry,
+                 owner: Owner) -> None:
         self._store = store
+        self._owner = owner
         self._config = config
         self._counters = counters
         self._retry = retry
         #: Called for each row the database refuses (the supervisor reconciles the session).
         self.on_refused: RefusalHandler | None = None
+        #: Called for each session whose writes were fenced (the supervisor stops its actor).
+        self.on_fenced: FenceHandler | None = None
         self._pending: dict[UUID, _Entry] = {}
         # Flushed entries, kept for reuse. An entry lives as long as its flush
         # takes, long enough for Python's cyclic GC to move it to the oldest
@@ -159,17 +176,20 @@ class WriteBehind:
             self._urgent.set()
             await self._space.park()
 
-    def record(self, row: Session, message: Message | None = None, *, activity: bool = False) -> None:
+    def record(self, row: Session, message: Message | None = None, *, activity: bool = False,
+               created: bool = False) -> None:
         """Buffer a session's new row, and the message it appended if any.
 
         `activity`: the row differs from the session's previous row only in
         `ACTIVITY_FIELDS`, so if every change buffered since the last flush
-        is such, the flush writes just those columns.
+        is such, the flush writes just those columns. `created`: the row is
+        a new session's first, which the store may insert.
         """
         entry = self._pending.get(row.id)
         if entry is None:
             entry = self._new_entry(row.id)
             entry.full = not activity or (bool(self._refused) and row.id in self._refused)
+            entry.created = created
         elif not activity:
             entry.full = True
         entry.row = row
@@ -191,6 +211,18 @@ class WriteBehind:
         entry.messages = None
         entry.deleted = True
         self._ticket += 1
+
+    def drop(self, session_id: UUID, error: BaseException) -> None:
+        """Forget the session's pending changes (fenced: never to be written); tell their waiters."""
+        entry = self._pending.pop(session_id, None)
+        if entry is None:
+            return
+        self._size -= entry.size()
+        entry.settled = True
+        for waiter in entry.waiters or ():
+            waiter.settle(error)
+        self._space.unpark_all()
+        self._settled.unpark_all()
 
     def durable_waiter(self, session_id: UUID) -> DurableWaiter | None:
         """A waiter for the session's latest recorded change, or None if it is committed.
@@ -323,7 +355,7 @@ class WriteBehind:
                 await other.written.wait()
             # Built only now: a row an earlier batch had refused makes the
             # same session's row here a full one (see _reject).
-            await self._write_isolating(_batch_of(inflight.values()), inflight, whole=True)
+            await self._write_isolating(_batch_of(inflight.values(), self._owner), inflight, whole=True)
         finally:
             # Cancellation (a shutdown that ran out of time) leaves the rows
             # unwritten; they are already counted as lost by the caller.
@@ -351,7 +383,7 @@ class WriteBehind:
         (`whole`) or part.
         """
         try:
-            await self._retry.write(self._store.health_check, self._store.write, batch)
+            fenced = await self._retry.write(self._store.health_check, self._store.write, batch)
         except WriteRejected as exc:
             ids = batch.session_ids()
             if len(ids) == 1:
@@ -361,6 +393,11 @@ class WriteBehind:
             await self._write_isolating(first, inflight)
             await self._write_isolating(second, inflight)
             return
+        if fenced:
+            self._fence(fenced, inflight)
+            refused = set(fenced)
+            batch = batch.only(lambda session_id: session_id not in refused)
+            whole = False
         self._counters.flush_batches += 1
         self._counters.flushed_sessions += len(batch.sessions) + len(batch.touched) + len(batch.deletes)
         self._counters.flushed_messages += len(batch.messages)
@@ -374,6 +411,22 @@ class WriteBehind:
             entry.settled = True
             for waiter in entry.waiters or ():
                 waiter.settle(None)
+
+    def _fence(self, fenced: Iterable[UUID], inflight: dict[UUID, _Entry]) -> None:
+        """Another instance owns these sessions now: their changes here were not (and will not be) written."""
+        for session_id in fenced:
+            entry = inflight[session_id]
+            self._counters.fenced_sessions += 1
+            logger.error("session {} was taken over by another instance before {} of its writes were "
+                         "committed; they were dropped", session_id, entry.size())
+            error = SessionMoved(f"session {session_id} moved to another runtime before this change "
+                                 "was committed; it was not stored: retry the call")
+            entry.settled = True
+            for waiter in entry.waiters or ():
+                waiter.settle(error)
+            self.drop(session_id, error)
+            if self.on_fenced is not None:
+                self.on_fenced(session_id)
 
     def _reject(self, entry: _Entry, batch: WriteBatch, exc: WriteRejected) -> None:
         session_id = entry.session_id
@@ -395,12 +448,19 @@ class WriteBehind:
             self.on_refused(session_id, entry.row)
 
 
-def _batch_of(entries: Iterable[_Entry]) -> WriteBatch:
+def _batch_of(entries: Iterable[_Entry], owner: Owner) -> WriteBatch:
     sessions: list[Session] = []
     touched: list[Session] = []
     messages: list[tuple[UUID, Message]] = []
     deletes: list[UUID] = []
+    created: list[UUID] = []
+    owned = owner.owned
+    epochs = {}
     for entry in entries:
+        # 0 (never an epoch) for a session no longer owned: the store fences it.
+        epochs[entry.session_id] = owned.get(entry.session_id, 0)
+        if entry.created:
+            created.append(entry.session_id)
         if entry.deleted:
             deletes.append(entry.session_id)
         else:
@@ -408,4 +468,5 @@ def _batch_of(entries: Iterable[_Entry]) -> WriteBatch:
             (sessions if entry.full else touched).append(entry.row)
             if entry.messages:
                 messages.extend((entry.session_id, m) for m in entry.messages)
-    return WriteBatch(tuple(sessions), tuple(messages), tuple(deletes), tuple(touched))
+    return WriteBatch(tuple(sessions), tuple(messages), tuple(deletes), tuple(touched),
+                      owner.instance, epochs, frozenset(created))

@@ -1,0 +1,312 @@
+"""`Ownership`: one owner per session across every runtime sharing a store.
+
+Several runtimes (processes) may share one store; each session has at most
+one live actor among all of them. The protocol, with the store as the
+coordination engine:
+
+- **A lease per runtime.** The runtime registers an instance id with a lease
+  in the store's time and renews it every `lease_renew_interval`. It
+  acknowledges nothing once its own deadline has passed: the monotonic time
+  at which its last successful renewal was *sent*, plus the lease, minus a
+  tenth of it. A lapsed lease is final: the runtime retires its actors,
+  flushes what it holds (the fence decides what still lands), forgets what
+  it owned and registers under a new id. Lease traffic does not grow with
+  sessions.
+- **A fencing token per session.** A stored session names its owner and an
+  epoch that grows at every change of owner. Every write carries the epoch
+  the change was applied under; the store writes a session only where owner
+  and epoch still match, under the row's lock (`WriteBatch`). A fenced
+  session's changes are dropped, counted and logged, its durable callers get
+  `SessionMoved`, and its actor stops.
+- **Acquire on activation.** An actor for a session this runtime does not own
+  takes it with one compare-and-set (`Store.acquire`) when no live instance
+  owns it; ownership survives passivation. A session this runtime creates is
+  its own at epoch 1.
+- **Hand-off on demand.** When a live instance owns it, the runtime records a
+  request (`Store.request_handoff`, which also wakes the owner) and waits,
+  woken by the grant or polling every `handoff_poll_interval`; an owner that
+  crashed is outlived (its lease lapses, the session is free). The owner's
+  hand-off task stops the session's actor (what is queued is applied first),
+  flushes, and grants the session to the requester in one store call.
+  Beyond `handoff_timeout` the waiting call gets `Overloaded`.
+- **Expiry by the owner.** A runtime's deadline queue holds the sessions it
+  owns; its sweeper adds the active sessions nobody live owns, which the
+  expiry engine claims (`Store.claim`) before it expires them.
+- **Graceful close** marks the instance left (`Store.leave`): its sessions
+  are free at once, with no write per session.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
+from uuid import UUID
+
+import trio
+from loguru import logger
+
+from ._actor import Hold
+from ._errors import Overloaded, StoreUnavailable
+from ._readthrough import Loaded
+from ._store import Acquired, Store
+
+if TYPE_CHECKING:
+    from ._clock import Clock
+    from ._config import RuntimeConfig
+    from ._deadlines import DeadlineQueue
+    from ._metrics import Counters
+    from ._model import Session
+    from ._readthrough import ReadThrough
+    from ._retry import Retry
+    from ._writebehind import WriteBehind
+
+
+class OwnershipHost(Protocol):
+    """What ownership needs from the supervisor: to stop a session's actor, or all of them."""
+
+    clock: Clock
+    deadlines: DeadlineQueue
+    writebehind: WriteBehind
+    reads: ReadThrough
+
+    async def stop_session(self, session_id: UUID, hold: Hold) -> None: ...
+    def unhold(self, session_id: UUID, hold: Hold) -> None: ...
+    async def stop_all(self) -> None: ...
+
+
+class Ownership:
+    """This runtime's lease, the sessions it owns (with their epochs), hand-offs both ways."""
+
+    def __init__(self, store: Store, config: RuntimeConfig, counters: Counters, retry: Retry,
+                 host: OwnershipHost) -> None:
+        self._store = store
+        self._config = config
+        self._counters = counters
+        self._retry = retry
+        self._host = host
+        #: This runtime's instance id; a new one after a lapse.
+        self.instance = uuid.uuid4()
+        #: The sessions this instance owns, with the epoch of each.
+        self.owned: dict[UUID, int] = {}
+        #: Trio time until which this runtime may acknowledge (see the module's docstring).
+        self.valid_until = -math.inf
+        self._rejoined = trio.Event()  # set while the lease is valid
+        self._margin = config.lease_duration / 10
+        self._releasing: set[UUID] = set()
+        self._sweep_now = trio.Event()  # set after a rejoin: what was ours is free, queue it
+
+    # ------------------------------------------------------------------ lease
+
+    def valid(self, now: float) -> bool:
+        return now < self.valid_until
+
+    async def wait_valid(self) -> None:
+        """Wait until this runtime holds a valid lease (at once when it does)."""
+        while not self.valid(trio.current_time()):
+            if self._rejoined.is_set():  # lapsed, and the lease task has not noticed yet
+                self._rejoined = trio.Event()
+            await self._rejoined.wait()
+        await trio.lowlevel.checkpoint()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Register, then renew the lease and serve hand-off requests until cancelled."""
+        await self._register()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._serve_handoffs_forever, nursery)
+            nursery.start_soon(self._sweep_forever)
+            task_status.started()
+            await self._renew_forever()
+
+    async def _register(self) -> None:
+        lease = self._config.lease_duration
+        while True:
+            sent = trio.current_time()
+            try:
+                await self._retry.read(self._store.register, self.instance, lease)
+            except StoreUnavailable:  # retried with backoff inside; nothing is acknowledged meanwhile
+                await trio.lowlevel.checkpoint()
+                continue
+            self._validate(sent)
+            return
+
+    def _validate(self, sent: float) -> None:
+        self.valid_until = sent + self._config.lease_duration - self._margin
+        self._rejoined.set()
+
+    async def _renew_forever(self) -> None:
+        config = self._config
+        sent = trio.current_time()
+        while True:
+            await trio.sleep_until(sent + config.lease_renew_interval)
+            sent = trio.current_time()
+            renewed: bool | None = None
+            with trio.move_on_at(self.valid_until):  # noqa: ASYNC912  renew awaits; later is too late
+                try:
+                    renewed = await self._store.renew(self.instance, config.lease_duration)
+                except StoreUnavailable as exc:
+                    self._retry.last_error = str(exc)
+            if renewed:
+                self._validate(sent)
+            elif renewed is False or not self.valid(trio.current_time()):
+                await self._rejoin()
+                sent = trio.current_time()
+            else:  # the store did not answer: try again soon, while the lease still holds
+                sent -= config.lease_renew_interval * 3 / 4
+
+    async def _rejoin(self) -> None:
+        """The lease lapsed: stop, flush what still can land, forget what was owned, register anew."""
+        self.valid_until = -math.inf
+        self._rejoined = trio.Event()
+        self._counters.lease_lapses += 1
+        logger.warning("instance {} lost its lease (paused, or cut off from the store for longer than "
+                       "lease_duration={}s); stopping its actors and rejoining",
+                       self.instance, self._config.lease_duration)
+        await self._host.stop_all()
+        await self._host.writebehind.flush()  # fenced where another instance took over
+        for session_id in self.owned:
+            self._host.deadlines.discard(session_id)
+        self.owned.clear()
+        self.instance = uuid.uuid4()
+        await self._register()
+        self._sweep_now.set()
+
+    async def leave(self) -> None:
+        """Graceful close: every session of this instance is free at once."""
+        try:
+            await self._store.leave(self.instance)
+        except StoreUnavailable as exc:  # its lease will lapse instead
+            logger.warning("instance {} could not mark itself left: {}", self.instance, exc)
+            await trio.lowlevel.checkpoint()
+        self.valid_until = -math.inf
+
+    # ------------------------------------------------------------ acquisition
+
+    def owns(self, session_id: UUID) -> bool:
+        return session_id in self.owned
+
+    def created(self, session_id: UUID) -> None:
+        self.owned[session_id] = 1
+
+    def lost(self, session_id: UUID) -> None:
+        self.owned.pop(session_id, None)
+
+    async def load(self, session_id: UUID, *, messages: int) -> Loaded | None:
+        """Read a session to activate it, acquiring it first if another instance may own it.
+
+        Raises:
+            Overloaded: its owner did not hand it over within `handoff_timeout`.
+            StoreUnavailable: the store could not be read.
+        """
+        if session_id in self.owned:
+            return await self._host.reads.session(session_id, messages=messages)
+        config = self._config
+        give_up = trio.current_time() + config.handoff_timeout
+        asked: UUID | None = None
+        while True:
+            await self.wait_valid()
+            instance = self.instance
+            found = await self._retry.read(self._store.acquire, session_id, instance, messages=messages)
+            if found is None:
+                return None
+            if isinstance(found, Acquired):
+                if instance != self.instance:  # rejoined meanwhile: that was the old identity's
+                    continue
+                self.owned[session_id] = found.epoch
+                self._counters.acquisitions += 1
+                if asked is not None:
+                    self._counters.handoffs_received += 1
+                return Loaded(found.row, found.messages, self._host.writebehind.refused_version(session_id))
+            if found.owner != asked:
+                await self._retry.read(self._store.request_handoff, session_id, found.owner, instance)
+                self._counters.handoffs_requested += 1
+                asked = found.owner
+            left = give_up - trio.current_time()
+            if left <= 0:
+                raise Overloaded(f"session {session_id} is owned by instance {found.owner}, which did not "
+                                 f"hand it over within handoff_timeout={config.handoff_timeout}s")
+            with trio.move_on_after(min(left, config.handoff_poll_interval)):
+                await self._store.wait_for_notice(instance)
+
+    async def claim(self, session_ids: Sequence[UUID]) -> dict[UUID, Session]:
+        """Take those of `session_ids` (not owned here) that nobody live owns, to expire them.
+
+        Waits for a valid lease first: a claim made under an id that is not
+        registered yet would be forgotten by the rejoin.
+        """
+        await self.wait_valid()
+        instance = self.instance
+        claimed = await self._retry.read(self._store.claim, list(session_ids), instance)
+        rows = {}
+        if instance == self.instance:
+            for session_id, (row, epoch) in claimed.items():
+                self.owned[session_id] = epoch
+                rows[session_id] = row
+        self._counters.acquisitions += len(rows)
+        return rows
+
+    # --------------------------------------------------------------- hand-off
+
+    async def _serve_handoffs_forever(self, nursery: trio.Nursery) -> None:
+        poll = self._config.handoff_poll_interval
+        while True:
+            with trio.move_on_after(poll):
+                await self._store.wait_for_notice(self.instance)
+            if not self.valid(trio.current_time()):
+                continue
+            try:
+                requests = await self._store.handoff_requests(self.instance)
+            except StoreUnavailable:
+                continue
+            for session_id, requester in requests:
+                if session_id not in self._releasing:
+                    self._releasing.add(session_id)
+                    nursery.start_soon(self._hand_off, session_id, requester)
+
+    async def _hand_off(self, session_id: UUID, requester: UUID) -> None:
+        """Stop the session here, flush it, and grant it to `requester`."""
+        await trio.lowlevel.checkpoint()
+        host = self._host
+        hold = Hold()
+        instance = self.instance
+        try:
+            if session_id not in self.owned:
+                await self._store.drop_handoff(session_id, instance)
+                return
+            await host.stop_session(session_id, hold)
+            await host.writebehind.flush()
+            epoch = self.owned.get(session_id)
+            if epoch is None or instance != self.instance:  # fenced, or rejoined, meanwhile
+                return
+            if await self._store.grant(session_id, instance, epoch, requester):
+                self.owned.pop(session_id, None)
+                host.deadlines.discard(session_id)
+                self._counters.handoffs_granted += 1
+            else:
+                self.owned.pop(session_id, None)
+        except StoreUnavailable as exc:
+            logger.warning("could not hand session {} over (will be asked again): {}", session_id, exc)
+        finally:
+            host.unhold(session_id, hold)
+            self._releasing.discard(session_id)
+
+    # ---------------------------------------------------------------- sweeper
+
+    async def _sweep_forever(self) -> None:
+        """Queue, every lease period, the active sessions due soon that no live instance owns."""
+        period = self._config.lease_duration
+        host = self._host
+        while True:
+            with trio.move_on_after(period):
+                await self._sweep_now.wait()
+            self._sweep_now = trio.Event()
+            horizon = host.clock.to_wall(trio.current_time() + period).timestamp()
+            try:
+                free = await self._store.free_deadlines(horizon)
+            except StoreUnavailable:
+                continue
+            to_trio = host.clock.timestamp_to_trio
+            for session_id, expires_at in free:
+                if session_id not in host.deadlines:
+                    host.deadlines.push(session_id, to_trio(expires_at))
