@@ -67,8 +67,15 @@ class DurableWaiter:
         self._done.set()
 
     async def wait(self) -> None:
-        """Return once committed; raise `WriteRejected` if the database refused the change."""
+        """Return once committed.
+
+        Raises:
+            SessionMoved: another runtime took the session first (see `_ownership`).
+            WriteRejected: the database refused the change.
+        """
         await self._done.wait()
+        if isinstance(self._error, SessionMoved):
+            raise SessionMoved(str(self._error))
         if self._error is not None:
             raise WriteRejected(str(self._error)) from self._error
 

@@ -1,0 +1,190 @@
+"""Several runtimes on one store: one owner per session, hand-offs, leases, fencing.
+
+Two or three runtimes share one `MemoryStore` in one Trio run, on virtual
+time (MockClock); `FaultyStore` cuts one of them off from the store. The
+same protocol against PostgreSQL, with real processes, is in
+test_processes.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+import trio
+from trio.testing import MockClock
+
+from trio_sessions import (
+    MemoryStore,
+    RuntimeConfig,
+    SessionMoved,
+    SessionRuntime,
+    StoreUnavailable,
+    open_runtime,
+)
+from trio_sessions.testing import FaultyStore
+
+CONFIG = RuntimeConfig(flush_interval=0.2, retry_max_delay=1.0)
+
+
+async def owned_by(store: MemoryStore, session_id: object) -> object:
+    """The instance the store names as the session's owner (a test's view of the row)."""
+    await trio.lowlevel.checkpoint()
+    return store._owners[session_id][0]  # type: ignore[index]
+
+
+async def test_a_session_created_in_one_runtime_is_served_by_another(autojump_clock: MockClock) -> None:
+    store = MemoryStore()
+    async with open_runtime(CONFIG, store=store) as a, open_runtime(CONFIG, store=store) as b:
+        session = await a.create("u", "geral", durable=True)
+        await a.append_message(session.id, "user", "oi")
+        # b asks a to hand the session over; a applies what it holds, flushes, grants.
+        found = await b.get(session.id)
+        assert found.message_count == 1
+        assert a.metrics().handoffs_granted == 1 and b.metrics().handoffs_received == 1
+        assert (a.metrics().owned, b.metrics().owned) == (0, 1)
+        # And back: every turn lands after the one before, whichever runtime takes it.
+        for turn in range(10):
+            await (a, b)[turn % 2].append_message(session.id, "user", f"m{turn}")
+        messages = await a.context(session.id, limit=50)
+        assert [m.content for m in messages] == ["oi", *(f"m{turn}" for turn in range(10))]
+        assert [m.seq for m in messages] == list(range(1, 12))
+        await a.flush()
+    stored = await store.load(session.id, messages=100)
+    assert stored is not None
+    assert [m.content for m in stored[1]] == ["oi", *(f"m{turn}" for turn in range(10))]
+    assert stored[0].message_count == 11
+
+
+async def test_concurrent_writers_in_two_runtimes_lose_nothing(autojump_clock: MockClock) -> None:
+    """The lost-write measurement of the issue, on virtual time: every acknowledged change lands."""
+    store = MemoryStore()
+    acknowledged: dict[object, list[str]] = {}
+    async with open_runtime(CONFIG, store=store) as a, open_runtime(CONFIG, store=store) as b:
+        sessions = [await a.create("u", "geral", durable=True) for _ in range(5)]
+        for session in sessions:
+            acknowledged[session.id] = []
+
+        async def writer(runtime: SessionRuntime, name: str) -> None:
+            for i in range(30):
+                session = sessions[(i * 7 + len(name)) % len(sessions)]
+                await runtime.append_message(session.id, "user", f"{name}{i}")
+                acknowledged[session.id].append(f"{name}{i}")
+                if i % 4 == 0:
+                    await trio.sleep(0.05)
+
+        async with trio.open_nursery() as nursery:
+            for name in ("a", "aa", "aaa"):
+                nursery.start_soon(writer, a, name)
+            for name in ("b", "bb"):
+                nursery.start_soon(writer, b, name)
+    for session_id, sent in acknowledged.items():
+        stored = await store.load(session_id, messages=1000)
+        assert stored is not None
+        contents = [m.content for m in stored[1]]
+        assert sorted(contents) == sorted(sent)
+        assert [m.seq for m in stored[1]] == list(range(1, len(sent) + 1))
+        # Each writer's own messages in the order it sent them.
+        for name in ("a", "aa", "aaa", "b", "bb"):
+            assert [c for c in contents if c.rstrip("0123456789") == name] == [
+                c for c in sent if c.rstrip("0123456789") == name]
+
+
+async def test_graceful_close_frees_its_sessions_at_once(autojump_clock: MockClock) -> None:
+    store = MemoryStore()
+    async with open_runtime(CONFIG, store=store) as b:
+        async with open_runtime(CONFIG, store=store) as a:
+            session = await a.create("u", "geral")
+            await a.update(session.id, state="waiting")  # flushed by the close
+        start = trio.current_time()
+        found = await b.get(session.id)
+        # No hand-off and no wait for a's lease: a left.
+        assert trio.current_time() - start < 0.01
+        assert found.state == "waiting"
+        assert b.metrics().handoffs_requested == 0
+
+
+async def test_a_crashed_owner_is_outlived(autojump_clock: MockClock) -> None:
+    """An owner that stops answering loses the session when its lease lapses, not before."""
+    store = MemoryStore()
+    cut_off = FaultyStore(store, outages=[(5.0, 100.0)])
+    config = CONFIG
+    async with open_runtime(config, store=store) as b, open_runtime(config, store=cut_off) as a:
+        session = await a.create("u", "geral", durable=True)
+        await a.update(session.id, title="before", durable=True)
+        await trio.sleep_until(5.0)
+        start = trio.current_time()
+        found = await b.get(session.id)
+        # a renewed at t=4 at the latest, so its lease ran to t=14 at most.
+        assert 14.0 - start - config.lease_renew_interval <= trio.current_time() - start
+        assert trio.current_time() <= 14.0 + config.handoff_poll_interval
+        assert found.title == "before"
+        assert b.metrics().handoffs_requested == 1
+        await b.update(session.id, title="after", durable=True)
+        # a is cut off past its lease: whatever it acknowledged now could be lost, so
+        # its callers wait for it to rejoin (bounded here by the caller's own timeout).
+        assert a.metrics().lease_lapses == 1
+        with trio.move_on_after(10.0) as waited:
+            await a.update(session.id, title="never")
+        assert waited.cancelled_caught
+        await trio.sleep_until(100.0)
+        assert (await a.get(session.id)).title == "after"
+
+
+async def test_a_runtime_cut_off_longer_than_its_lease_is_fenced(autojump_clock: MockClock) -> None:
+    """A runtime whose lease lapsed with changes unflushed: another took over, the old ones are fenced."""
+    store = MemoryStore()
+    cut_off = FaultyStore(store, outages=[(10.0, 40.0)])
+    async with open_runtime(CONFIG, store=store) as b, open_runtime(CONFIG, store=cut_off) as a:
+        session = await a.create("u", "geral", durable=True)
+        await a.get(session.id)  # resident in a
+        await trio.sleep_until(10.0)
+        # Acknowledged while a's lease still held, never flushed: the bound of write-behind.
+        await a.update(session.id, title="from a")
+        async with trio.open_nursery() as nursery:
+            durable_answer: list[BaseException] = []
+
+            async def durable_call() -> None:
+                try:
+                    await a.update(session.id, state="from-a", durable=True)
+                except StoreUnavailable as exc:
+                    durable_answer.append(exc)
+
+            nursery.start_soon(durable_call)
+            await trio.sleep_until(25.0)  # a's lease ran out at t<20
+            assert (await b.update(session.id, title="from b", durable=True)).title == "from b"
+        # The durable caller of a was never acknowledged: SessionMoved (or unavailable).
+        assert len(durable_answer) == 1 and isinstance(durable_answer[0], SessionMoved)
+        await trio.sleep_until(45.0)  # a is back: rejoined, its stale changes fenced
+        assert a.metrics().lease_lapses == 1
+        assert a.metrics().fenced_sessions >= 1
+        assert (await a.get(session.id)).title == "from b"  # a hand-off from b, not a's old state
+    stored = await store.load(session.id, messages=0)
+    assert stored is not None and stored[0].title == "from b"
+
+
+async def test_the_sessions_of_a_runtime_that_left_expire_in_another(autojump_clock: MockClock) -> None:
+    store = MemoryStore()
+    async with open_runtime(CONFIG, store=store) as b:
+        async with b.subscribe() as events:
+            async with open_runtime(CONFIG, store=store) as a:
+                session = await a.create("u", "geral", timeout=60.0)
+            with trio.fail_after(120.0):
+                event = await events.receive()
+            assert (event.kind, event.session.id) == ("expired", session.id)
+            assert trio.current_time() == pytest.approx(b.deadline(session), abs=1e-6)
+    stored = await store.load(session.id, messages=0)
+    assert stored is not None and stored[0].end_reason == "expired"
+    assert await owned_by(store, session.id) is not None
+
+
+async def test_a_hand_off_waits_for_what_the_owner_has_queued(autojump_clock: MockClock) -> None:
+    """Calls queued at the owner when the request comes are applied there first, then handed over."""
+    store = MemoryStore()
+    async with open_runtime(CONFIG, store=store) as a, open_runtime(CONFIG, store=store) as b:
+        session = await a.create("u", "geral", durable=True)
+        async with trio.open_nursery() as nursery:
+            for i in range(20):
+                nursery.start_soon(a.append_message, session.id, "user", f"a{i}")
+            await trio.testing.wait_all_tasks_blocked()
+            found = await b.append_message(session.id, "user", "b")
+        assert found.message_count == 21
+        assert [m.content for m in await b.context(session.id, limit=50)][-1] == "b"
