@@ -148,7 +148,14 @@ async def test_a_runtime_cut_off_longer_than_its_lease_is_fenced(autojump_clock:
                 except StoreUnavailable as exc:
                     durable_answer.append(exc)
 
+            async def call_while_lapsed() -> None:
+                await trio.sleep_until(22.0)
+                # Waits for the rejoin, then takes the session back from b.
+                await a.add_note(session.id, "waited", durable=True)
+                assert trio.current_time() >= 40.0
+
             nursery.start_soon(durable_call)
+            nursery.start_soon(call_while_lapsed)
             await trio.sleep_until(25.0)  # a's lease ran out at t<20
             assert (await b.update(session.id, title="from b", durable=True)).title == "from b"
         # The durable caller of a was never acknowledged: SessionMoved (or unavailable).
@@ -159,6 +166,7 @@ async def test_a_runtime_cut_off_longer_than_its_lease_is_fenced(autojump_clock:
         assert (await a.get(session.id)).title == "from b"  # a hand-off from b, not a's old state
     stored = await store.load(session.id, messages=0)
     assert stored is not None and stored[0].title == "from b"
+    assert [note.text for note in stored[0].notes] == ["waited"]
 
 
 async def test_the_sessions_of_a_runtime_that_left_expire_in_another(autojump_clock: MockClock) -> None:
@@ -188,3 +196,17 @@ async def test_a_hand_off_waits_for_what_the_owner_has_queued(autojump_clock: Mo
             found = await b.append_message(session.id, "user", "b")
         assert found.message_count == 21
         assert [m.content for m in await b.context(session.id, limit=50)][-1] == "b"
+
+
+async def test_a_call_made_as_a_paused_runtime_wakes_up_waits_for_the_rejoin(
+        autojump_clock: MockClock) -> None:
+    """A process frozen past its lease (here: its clock jumps) is called before its lease task runs."""
+    store = MemoryStore()
+    async with open_runtime(CONFIG, store=store) as a:
+        session = await a.create("u", "geral", durable=True)
+        await a.get(session.id)
+        autojump_clock.jump(CONFIG.lease_duration * 2)  # no task ran meanwhile
+        with trio.fail_after(CONFIG.lease_duration):
+            found = await a.update(session.id, title="after the pause", durable=True)
+        assert found.title == "after the pause"
+        assert a.metrics().lease_lapses == 1

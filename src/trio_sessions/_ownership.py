@@ -92,7 +92,7 @@ class Ownership:
         self.owned: dict[UUID, int] = {}
         #: Trio time until which this runtime may acknowledge (see the module's docstring).
         self.valid_until = -math.inf
-        self._rejoined = trio.Event()  # set while the lease is valid
+        self._validated = trio.Event()  # set (and replaced) at each registration or renewal
         self._margin = config.lease_duration / 10
         self._releasing: set[UUID] = set()
         self._sweep_now = trio.Event()  # set after a rejoin: what was ours is free, queue it
@@ -105,9 +105,7 @@ class Ownership:
     async def wait_valid(self) -> None:
         """Wait until this runtime holds a valid lease (at once when it does)."""
         while not self.valid(trio.current_time()):
-            if self._rejoined.is_set():  # lapsed, and the lease task has not noticed yet
-                self._rejoined = trio.Event()
-            await self._rejoined.wait()
+            await self._validated.wait()
         await trio.lowlevel.checkpoint()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -133,7 +131,8 @@ class Ownership:
 
     def _validate(self, sent: float) -> None:
         self.valid_until = sent + self._config.lease_duration - self._margin
-        self._rejoined.set()
+        self._validated.set()
+        self._validated = trio.Event()  # for those who find the lease lapsed later
 
     async def _renew_forever(self) -> None:
         config = self._config
@@ -158,7 +157,6 @@ class Ownership:
     async def _rejoin(self) -> None:
         """The lease lapsed: stop, flush what still can land, forget what was owned, register anew."""
         self.valid_until = -math.inf
-        self._rejoined = trio.Event()
         self._counters.lease_lapses += 1
         logger.warning("instance {} lost its lease (paused, or cut off from the store for longer than "
                        "lease_duration={}s); stopping its actors and rejoining",
@@ -218,8 +216,11 @@ class Ownership:
                 if asked is not None:
                     self._counters.handoffs_received += 1
                 return Loaded(found.row, found.messages, self._host.writebehind.refused_version(session_id))
+            # Asked again at every poll: the owner may have dropped the request
+            # (it came while the owner was between giving the session up and
+            # taking it back), and the newest request wins anyway.
+            await self._retry.read(self._store.request_handoff, session_id, found.owner, instance)
             if found.owner != asked:
-                await self._retry.read(self._store.request_handoff, session_id, found.owner, instance)
                 self._counters.handoffs_requested += 1
                 asked = found.owner
             left = give_up - trio.current_time()

@@ -1,0 +1,176 @@
+"""Several processes on one PostgreSQL: nothing acknowledged is lost, one writer per session.
+
+Real processes share a fresh database and append to the same few sessions,
+each call routed to a random session, as a load balancer would send a
+chat's webhooks to any worker. One process is killed with SIGKILL in the
+middle. Another, writing alone to a session of its own and flushing
+seldom, is frozen with SIGSTOP for longer than its lease while it holds
+unflushed changes; the test process takes that session over and changes
+it; when the frozen one wakes, its late flush must be fenced, not written
+over the new owner's change. Afterwards every session's messages are
+numbered 1..n without a gap, every write a process acknowledged is stored
+(for the killed and the frozen process: every durable one; what they
+acknowledged and had not flushed is the bound of write-behind, README
+"Several processes"), and each caller's writes to a session are stored in
+the order it made them.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections import defaultdict
+from uuid import UUID
+
+import trio
+
+from trio_sessions import PostgresStore, RuntimeConfig, open_runtime
+
+# Short leases so that a dead owner is outlived within the test's few seconds.
+SETTINGS = dict(flush_interval=0.05, lease_duration=3.0, lease_renew_interval=0.5, handoff_poll_interval=0.1)
+
+WORKER = f"""
+import os, random, sys, trio
+from uuid import UUID
+from trio_sessions import PostgresStore, RuntimeConfig, SessionError, open_runtime
+
+async def main(url, name, seconds, ids, flush_interval, durable_every):
+    config = RuntimeConfig(**{{**{SETTINGS!r}, "flush_interval": flush_interval}})
+    rng = random.Random(name)
+    sessions = [UUID(i) for i in ids.split(",")]
+    async with open_runtime(config, store=PostgresStore(url, config)) as rt:
+        print("ready", flush=True)
+        end = trio.current_time() + seconds
+        made = 0
+
+        async def caller(k):
+            nonlocal made
+            while trio.current_time() < end:
+                session_id = rng.choice(sessions)
+                made += 1
+                content = f"{{name}} {{k}} {{made}}"
+                durable = durable_every > 0 and made % durable_every == 0
+                try:
+                    await rt.append_message(session_id, "user", content, durable=durable)
+                except SessionError as exc:
+                    print("error", type(exc).__name__, session_id, content, flush=True)
+                else:
+                    print("ack", "d" if durable else "n", session_id, content, flush=True)
+                await trio.sleep(0)
+
+        async with trio.open_nursery() as nursery:
+            for k in range(4):
+                nursery.start_soon(caller, k)
+    print("fenced", rt.metrics().fenced_sessions, flush=True)
+    print("closed", flush=True)
+
+trio.run(main, sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4], float(sys.argv[5]),
+         int(sys.argv[6]))
+"""
+
+
+class Worker:
+    """One child process and the lines it printed."""
+
+    def __init__(self, name: str, ids: str, *, seconds: float = 6.0,
+                 flush_interval: float = SETTINGS["flush_interval"], durable_every: int = 3) -> None:
+        self.name = name
+        self.args = [ids, str(flush_interval), str(durable_every)]
+        self.seconds = seconds
+        self.lines: list[str] = []
+        self.ready = trio.Event()
+        self.process: trio.Process | None = None
+
+    async def run(self, url: str) -> None:
+        self.process = await trio.lowlevel.open_process(
+            [sys.executable, "-c", WORKER, url, self.name, str(self.seconds), *self.args], stdout=-1)
+        assert self.process.stdout is not None
+        buffer = b""
+        async for chunk in self.process.stdout:
+            buffer += chunk
+            *done, buffer = buffer.split(b"\n")
+            self.lines.extend(line.decode() for line in done)
+            if "ready" in self.lines:
+                self.ready.set()
+        await self.process.wait()
+
+    def acks(self, *, durable_only: bool = False) -> list[tuple[UUID, str]]:
+        return [(UUID(words[2]), " ".join(words[3:])) for line in self.lines
+                if (words := line.split())[0] == "ack" and (words[1] == "d" or not durable_only)]
+
+    def errors(self) -> list[str]:
+        return [line for line in self.lines if line.startswith("error")]
+
+
+async def test_processes_sharing_sessions_lose_nothing_acknowledged(postgres_url: str) -> None:
+    config = RuntimeConfig(**SETTINGS)  # type: ignore[arg-type]
+    async with open_runtime(config, store=PostgresStore(postgres_url, config)) as rt:
+        sessions = [await rt.create(f"u{i}", "geral", durable=True) for i in range(6)]
+        own = await rt.create("f", "geral", durable=True)  # the frozen process's session
+    ids = ",".join(str(s.id) for s in sessions)
+    steady = [Worker("a", ids), Worker("b", ids)]
+    killed = Worker("k", ids, seconds=60.0)
+    # Non-durable writes and a slow flush: it holds unflushed changes when it stops.
+    frozen = Worker("f", str(own.id), flush_interval=1.0, durable_every=0)
+    with trio.fail_after(120):  # a stuck hand-off shows as this, not as a hung suite
+        await run_workers(postgres_url, config, steady, killed, frozen, own.id)
+    assert killed.process is not None and killed.process.returncode == -signal.SIGKILL
+    for worker in [*steady, frozen]:
+        assert worker.process is not None and worker.process.returncode == 0, worker.name
+        assert worker.lines[-1] == "closed"
+    # The frozen process's late changes were fenced, not written over the new owner's.
+    assert int(frozen.lines[-2].split()[1]) >= 1
+    # A caller of the frozen process may be told StoreUnavailable (its call was refused as
+    # the lease lapsed: retry); nobody else sees an error.
+    assert not [*steady[0].errors(), *steady[1].errors(), *killed.errors()]
+    assert {line.split()[1] for line in frozen.errors()} <= {"SessionMoved", "StoreUnavailable"}
+
+    store = PostgresStore(postgres_url)
+    stored: dict[UUID, list[str]] = {}
+    async with store.connect():
+        for session in [*sessions, own]:
+            loaded = await store.load(session.id, messages=0)
+            assert loaded is not None
+            messages = await store.load_messages(session.id, limit=10**6, up_to_seq=2**31 - 1)
+            assert [m.seq for m in messages] == list(range(1, len(messages) + 1))
+            assert loaded[0].message_count == len(messages)
+            stored[session.id] = [m.content for m in messages]
+        taken_over = await store.load(own.id, messages=0)
+    assert taken_over is not None and taken_over[0].title == "taken over"
+    assert "test t 1" in stored[own.id]
+    everything = {(session_id, content) for session_id, contents in stored.items() for content in contents}
+    must = {*steady[0].acks(), *steady[1].acks(), *killed.acks(durable_only=True)}
+    missing = must - everything
+    assert not missing, f"{len(missing)} acknowledged writes lost, e.g. {sorted(missing)[:3]}"
+    # Each caller's writes to one session, in the order it made them.
+    for session_id, contents in stored.items():
+        by_caller: dict[tuple[str, str], list[int]] = defaultdict(list)
+        for content in contents:
+            name, caller, made = content.split()
+            by_caller[name, caller].append(int(made))
+        for made in by_caller.values():
+            assert made == sorted(made), session_id
+    acknowledged = sum(len(w.acks()) for w in [*steady, killed, frozen])
+    print(f"{acknowledged} acknowledged, {len(everything)} stored; non-durable writes lost by the "
+          f"killed process: {len(set(killed.acks()) - everything)}, fenced from the frozen one: "
+          f"{len(set(frozen.acks()) - everything)}")
+
+
+async def run_workers(url: str, config: RuntimeConfig, steady: list[Worker], killed: Worker,
+                      frozen: Worker, own: UUID) -> None:
+    """Run the workers; a second in, kill one, and freeze another while this process takes its session."""
+    async with trio.open_nursery() as nursery:
+        for worker in [*steady, killed, frozen]:
+            nursery.start_soon(worker.run, url)
+        with trio.fail_after(60):
+            for worker in [*steady, killed, frozen]:
+                await worker.ready.wait()
+        await trio.sleep(1.0)  # noqa: ASYNC900 - the children write on their own; the load's length
+        assert killed.process is not None and frozen.process is not None
+        killed.process.send_signal(signal.SIGKILL)
+        frozen.process.send_signal(signal.SIGSTOP)
+        # Taken over once the frozen process's lease lapses; then it wakes.
+        async with open_runtime(config, store=PostgresStore(url, config)) as rt:
+            await rt.update(own, title="taken over", durable=True)
+            await rt.append_message(own, "user", "test t 1", durable=True)
+        frozen.process.send_signal(signal.SIGCONT)
