@@ -277,13 +277,17 @@ class Supervisor:
                 return value
         reply = Reply[T]()
         timeout = self.config.call_timeout
+        # No checkpoint before the delivery while the lease holds: calls queue
+        # in the order they arrived.
         if timeout is None:
-            await self.ownership.wait_valid()
+            if not self.ownership.valid(trio.current_time()):
+                await self.ownership.wait_valid()
             await self._deliver(session_id, command, reply)
             value = await reply.wait()
         else:
             with trio.move_on_after(timeout) as scope:
-                await self.ownership.wait_valid()
+                if not self.ownership.valid(trio.current_time()):
+                    await self.ownership.wait_valid()
                 await self._deliver(session_id, command, reply)
                 value = await reply.wait()
             if scope.cancelled_caught:
