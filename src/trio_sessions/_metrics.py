@@ -14,6 +14,7 @@ from ._errors import (
     Overloaded,
     RuntimeClosed,
     SessionInactive,
+    SessionMoved,
     SessionNotFound,
     StoreUnavailable,
     VersionConflict,
@@ -30,7 +31,9 @@ OPERATIONS: Final = (
 #: The application expects these; they say nothing about the runtime's health.
 CALLER_ERRORS: Final = (InvalidArgument, SessionNotFound, SessionInactive, VersionConflict, RuntimeClosed)
 #: Errors that are the system's: the store unreachable, the runtime overloaded, a row refused.
-SYSTEM_ERRORS: Final = (StoreUnavailable, Overloaded, WriteRejected)
+# SessionMoved is a StoreUnavailable; it is listed so that an exporter matching
+# error names (trio_sessions.prometheus) files it as the system's too.
+SYSTEM_ERRORS: Final = (StoreUnavailable, SessionMoved, Overloaded, WriteRejected)
 
 # Log-linear buckets (as in HdrHistogram): each power of two of microseconds
 # is split into 16 equal buckets, so a bucket is at most 1/16 of its value wide.
@@ -136,7 +139,7 @@ class OperationStats:
     #: Calls that raised for the caller's own request: `InvalidArgument`, `SessionNotFound`,
     #: `SessionInactive`, `VersionConflict`, `RuntimeClosed` (answers, not failures of the runtime).
     caller_errors: int
-    #: Calls the runtime failed: `StoreUnavailable`, `Overloaded`, `WriteRejected`.
+    #: Calls the runtime failed: `StoreUnavailable` (`SessionMoved` too), `Overloaded`, `WriteRejected`.
     system_errors: int
     #: Every call that raised, by exception class name (cancellations count as `Cancelled`).
     errors: Mapping[str, int]

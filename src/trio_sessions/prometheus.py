@@ -78,6 +78,18 @@ _SCALARS: Final[tuple[tuple[type[GaugeMetricFamily] | type[CounterMetricFamily],
     (CounterMetricFamily, "events_dropped", "Events a full subscriber buffer dropped.", "events_dropped"),
     (CounterMetricFamily, "backpressure_waits", "Times a writer waited for room in the write-behind buffer.",
      "backpressure_waits"),
+    # Several runtimes on one store.
+    (GaugeMetricFamily, "owned_sessions", "Sessions this runtime owns in the store.", "owned"),
+    (CounterMetricFamily, "acquisitions", "Sessions this runtime took ownership of.", "acquisitions"),
+    (CounterMetricFamily, "handoffs_requested", "Sessions this runtime asked another to hand over.",
+     "handoffs_requested"),
+    (CounterMetricFamily, "handoffs_received", "Sessions another runtime handed over to this one.",
+     "handoffs_received"),
+    (CounterMetricFamily, "handoffs_granted", "Sessions this runtime handed over to another.",
+     "handoffs_granted"),
+    (CounterMetricFamily, "fenced_sessions",
+     "Sessions whose unflushed changes were dropped: another runtime owned them by then.", "fenced_sessions"),
+    (CounterMetricFamily, "lease_lapses", "Times this runtime lost its lease and rejoined.", "lease_lapses"),
 )
 
 
