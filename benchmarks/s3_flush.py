@@ -13,7 +13,9 @@ version, four ways, on the same database (variants alternate):
 - write-behind: `WriteBehind.record()` of every row (the actors' side),
   its flusher writing batches through `PostgresStore.write`, until
   `WriteBehind.flush()` returns: the whole path from an actor's change to
-  its commit.
+  its commit, fence included (the batch carries its owner and epochs, so
+  the store locks the rows and checks them first, as in the runtime: the
+  sessions are claimed for one instance before the rounds start).
 
 The baseline is the faster raw variant of each round; the figure is the
 write-behind's rows per second over it. All four use pools with the
@@ -35,6 +37,7 @@ import gc
 import json
 import random
 import time
+import uuid
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -111,10 +114,18 @@ async def _store_write(store: PostgresStore, sessions: list[Session], batch: int
     return time.perf_counter() - started  # noqa: ASYNC910  loops over a non-empty list whose body awaits
 
 
-async def _write_behind(store: PostgresStore, config: RuntimeConfig, sessions: list[Session]
+@dataclasses.dataclass(frozen=True)
+class _Owner:
+    """The instance the write-behind writes as, and the epoch of each session (`_writebehind.Owner`)."""
+
+    instance: uuid.UUID
+    owned: dict[uuid.UUID, int]
+
+
+async def _write_behind(store: PostgresStore, config: RuntimeConfig, sessions: list[Session], owner: _Owner,
                         ) -> tuple[float, int]:
     counters = Counters()
-    writebehind = WriteBehind(store, config, counters, Retry(config, counters, random.Random(3)))
+    writebehind = WriteBehind(store, config, counters, Retry(config, counters, random.Random(3)), owner)
     async with trio.open_nursery() as nursery:
         await nursery.start(writebehind.run)
         started = time.perf_counter()
@@ -145,6 +156,10 @@ async def run(ctx: Context) -> Result:
         store = PostgresStore(url, config)
         async with store.connect(), _pg.open_raw_pool(url, config) as pool:
             await _raw_executemany(pool, [_row(s) for s in base], batch)  # the rows exist from here on
+            instance = uuid.uuid4()
+            await store.register(instance, 24 * 3600.0)
+            claimed = await store.claim([s.id for s in base], instance)
+            owner = _Owner(instance, {session_id: epoch for session_id, (_, epoch) in claimed.items()})
             version = 1
             variants = list(times)
             for round_ in range(rounds):
@@ -164,7 +179,7 @@ async def run(ctx: Context) -> Result:
                     elif name == "store.write":
                         elapsed = await _store_write(store, sessions, batch)
                     else:
-                        elapsed, flush_batches = await _write_behind(store, config, sessions)
+                        elapsed, flush_batches = await _write_behind(store, config, sessions, owner)
                     times[name].append(elapsed)
             stored = await pool.fetchval("SELECT count(*) FROM sessions WHERE version = $1", version)
             assert stored == count, (stored, count)
