@@ -143,10 +143,9 @@ async def test_a_runtime_cut_off_longer_than_its_lease_is_fenced(autojump_clock:
             durable_answer: list[BaseException] = []
 
             async def durable_call() -> None:
-                try:
+                with pytest.raises(StoreUnavailable) as raised:
                     await a.update(session.id, state="from-a", durable=True)
-                except StoreUnavailable as exc:
-                    durable_answer.append(exc)
+                durable_answer.append(raised.value)
 
             async def call_while_lapsed() -> None:
                 await trio.sleep_until(22.0)
