@@ -329,3 +329,24 @@ async def test_a_server_orphaned_by_a_killed_owner_is_stopped_by_the_next_run(tm
     finally:
         if postmaster_running(data_dir) == orphan:  # the test failed: leave no server behind
             os.kill(orphan, signal.SIGTERM)
+
+
+async def test_the_lease_connection_takes_overlapping_calls_one_at_a_time(postgres_url: str) -> None:
+    """The lease task and a closing runtime's leave() may overlap on the one dedicated connection."""
+    store = PostgresStore(postgres_url)
+    async with store.connect():
+        instances = [uuid4() for _ in range(3)]
+        for instance in instances:
+            await store.register(instance, 30.0)
+        renewed: list[bool] = []
+
+        async def renew(instance: object) -> None:
+            renewed.append(await store.renew(instance, 30.0))  # type: ignore[arg-type]
+
+        async with trio.open_nursery() as nursery:
+            for instance in instances * 4:
+                nursery.start_soon(renew, instance)
+            nursery.start_soon(store.leave, instances[0])
+        assert len(renewed) == 12
+        assert not await store.renew(instances[0], 30.0)  # it left: final
+        assert await store.renew(instances[1], 30.0)

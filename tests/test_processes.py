@@ -20,6 +20,7 @@ from __future__ import annotations
 import signal
 import sys
 from collections import defaultdict
+from pathlib import Path
 from uuid import UUID
 
 import trio
@@ -80,10 +81,14 @@ class Worker:
         self.lines: list[str] = []
         self.ready = trio.Event()
         self.process: trio.Process | None = None
+        self.stderr = Path()
 
-    async def run(self, url: str) -> None:
-        self.process = await trio.lowlevel.open_process(
-            [sys.executable, "-c", WORKER, url, self.name, str(self.seconds), *self.args], stdout=-1)
+    async def run(self, url: str, errors: Path) -> None:
+        self.stderr = errors / f"{self.name}.stderr"
+        with self.stderr.open("wb") as stderr:
+            self.process = await trio.lowlevel.open_process(
+                [sys.executable, "-c", WORKER, url, self.name, str(self.seconds), *self.args], stdout=-1,
+                stderr=stderr)
         assert self.process.stdout is not None
         buffer = b""
         async for chunk in self.process.stdout:
@@ -102,7 +107,8 @@ class Worker:
         return [line for line in self.lines if line.startswith("error")]
 
 
-async def test_processes_sharing_sessions_lose_nothing_acknowledged(postgres_url: str) -> None:
+async def test_processes_sharing_sessions_lose_nothing_acknowledged(postgres_url: str,
+                                                                 tmp_path: Path) -> None:
     config = RuntimeConfig(**SETTINGS)  # type: ignore[arg-type]
     async with open_runtime(config, store=PostgresStore(postgres_url, config)) as rt:
         sessions = [await rt.create(f"u{i}", "geral", durable=True) for i in range(6)]
@@ -113,10 +119,11 @@ async def test_processes_sharing_sessions_lose_nothing_acknowledged(postgres_url
     # Non-durable writes and a slow flush: it holds unflushed changes when it stops.
     frozen = Worker("f", str(own.id), flush_interval=1.0, durable_every=0)
     with trio.fail_after(120):  # a stuck hand-off shows as this, not as a hung suite
-        await run_workers(postgres_url, config, steady, killed, frozen, own.id)
+        await run_workers(postgres_url, config, steady, killed, frozen, own.id, tmp_path)
     assert killed.process is not None and killed.process.returncode == -signal.SIGKILL
     for worker in [*steady, frozen]:
-        assert worker.process is not None and worker.process.returncode == 0, worker.name
+        assert worker.process is not None and worker.process.returncode == 0, (
+            worker.name, worker.stderr.read_text()[-3000:])
         assert worker.lines[-1] == "closed"
     # The frozen process's late changes were fenced, not written over the new owner's.
     assert int(frozen.lines[-2].split()[1]) >= 1
@@ -157,11 +164,11 @@ async def test_processes_sharing_sessions_lose_nothing_acknowledged(postgres_url
 
 
 async def run_workers(url: str, config: RuntimeConfig, steady: list[Worker], killed: Worker,
-                      frozen: Worker, own: UUID) -> None:
+                      frozen: Worker, own: UUID, errors: Path) -> None:
     """Run the workers; a second in, kill one, and freeze another while this process takes its session."""
     async with trio.open_nursery() as nursery:
         for worker in [*steady, killed, frozen]:
-            nursery.start_soon(worker.run, url)
+            nursery.start_soon(worker.run, url, errors)
         with trio.fail_after(60):
             for worker in [*steady, killed, frozen]:
                 await worker.ready.wait()

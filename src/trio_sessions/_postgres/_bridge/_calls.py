@@ -125,10 +125,13 @@ class Control:
     dead connection is noticed within one renewal. It is opened at the first
     call, and opened again (listening again on every channel) at the call
     after one that found it broken: notifications sent in the gap are lost,
-    which is why whoever waits for one also polls.
+    which is why whoever waits for one also polls. One call at a time: the
+    lease task and a closing runtime's `leave` may overlap, and a connection
+    runs one operation at once (a Trio call returns only once its asyncio
+    side has finished, cancelled or not, so a Trio lock is enough).
     """
 
-    __slots__ = ("_channels", "_config", "_connection", "_loop", "_url")
+    __slots__ = ("_channels", "_config", "_connection", "_lock", "_loop", "_url")
 
     def __init__(self, loop: Any, url: str, config: RuntimeConfig) -> None:
         self._loop = loop
@@ -136,11 +139,13 @@ class Control:
         self._config = config
         self._connection: asyncpg.Connection[asyncpg.Record] | None = None
         self._channels: dict[str, Callable[..., None]] = {}
+        self._lock = trio.Lock()
 
     async def fetchval(self, statement: str, *args: object) -> Any:
         """The first value of one statement, on the dedicated connection."""
-        with store_errors(url=self._url):
-            return await _run(self._loop, self._aio_fetchval, statement, args)
+        async with self._lock:
+            with store_errors(url=self._url):
+                return await _run(self._loop, self._aio_fetchval, statement, args)
 
     async def listen(self, channel: str, listener: Listener) -> None:
         """Call `listener` at each notification on `channel` (until `unlisten`)."""
@@ -148,20 +153,23 @@ class Control:
             listener()
 
         self._channels[channel] = callback
-        with store_errors(url=self._url):
-            await _run(self._loop, self._aio_listen, channel, callback)
+        async with self._lock:
+            with store_errors(url=self._url):
+                await _run(self._loop, self._aio_listen, channel, callback)
 
     async def unlisten(self, channel: str) -> None:
         callback = self._channels.pop(channel, None)
         if callback is None:
             await trio.lowlevel.checkpoint()
             return
-        with store_errors(url=self._url):
-            await _run(self._loop, self._aio_unlisten, channel, callback)
+        async with self._lock:
+            with store_errors(url=self._url):
+                await _run(self._loop, self._aio_unlisten, channel, callback)
 
     async def close(self) -> None:
         with trio.move_on_after(POOL_CLOSE_TIMEOUT, shield=True):  # noqa: ASYNC912  _run awaits the close
-            await _run(self._loop, self._aio_close)
+            async with self._lock:
+                await _run(self._loop, self._aio_close)
 
     # asyncio side
     async def _aio_connection(self) -> asyncpg.Connection[asyncpg.Record]:
