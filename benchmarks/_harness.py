@@ -41,6 +41,7 @@ SCENARIOS: Final = {
     "s5": "benchmarks.s5_expiry",
     "s6": "benchmarks.s6_restart",
     "s7": "benchmarks.s7_latency",
+    "s8": "benchmarks.s8_handoff",
 }
 
 #: The environment variable through which the suite hands its PostgreSQL
