@@ -108,6 +108,10 @@ async def run_outage(server: ControlledServer, *, callers: int, outage: float,
     acked: dict[UUID, list[str]] = {}
     down = [0]
     serving = True
+    # Every caller's session is resident before the outage: activating one reads the
+    # store, which fails (StoreUnavailable) while it is down, as it should.
+    activated = trio.Event()
+    waiting = [callers]
     async with open_runtime(config, store=store) as rt:
         sessions = [await rt.create(f"user-{i}", "geral", durable=True) for i in range(callers)]
 
@@ -120,6 +124,10 @@ async def run_outage(server: ControlledServer, *, callers: int, outage: float,
                 # One caller in five waits for every tenth write to commit; the rest never wait.
                 await rt.append_message(session_id, "user", content, durable=index % 5 == 0 and n % 10 == 0)
                 mine.append(content)
+                if n == 1:
+                    waiting[0] -= 1
+                    if not waiting[0]:
+                        activated.set()
                 if server.down:
                     down[0] += 1
                 await trio.sleep(0.001)
@@ -127,6 +135,8 @@ async def run_outage(server: ControlledServer, *, callers: int, outage: float,
         async with trio.open_nursery() as nursery:
             for i, s in enumerate(sessions):
                 nursery.start_soon(caller, i, s.id)
+            with trio.fail_after(30):
+                await activated.wait()
             await trio.sleep(0.3)
             await server.stop()
             await trio.sleep(outage)
