@@ -2,17 +2,17 @@
 
 Real processes share a fresh database and append to the same few sessions,
 each call routed to a random session, as a load balancer would send a
-chat's webhooks to any worker. One process is killed with SIGKILL in the
-middle. Another, writing alone to a session of its own and flushing
-seldom, is frozen with SIGSTOP for longer than its lease while it holds
-unflushed changes; the test process takes that session over and changes
-it; when the frozen one wakes, its late flush must be fenced, not written
-over the new owner's change. Afterwards every session's messages are
-numbered 1..n without a gap, every write a process acknowledged is stored
-(for the killed and the frozen process: every durable one; what they
-acknowledged and had not flushed is the bound of write-behind, README
-"Several processes"), and each caller's writes to a session are stored in
-the order it made them.
+chat's webhooks to any worker. One process is closed and replaced by a new
+one (a rolling restart); one is killed with SIGKILL in the middle. Another,
+writing alone to a session of its own and flushing seldom, is frozen with
+SIGSTOP for longer than its lease while it holds unflushed changes; the
+test process takes that session over and changes it; when the frozen one
+wakes, its late flush must be fenced, not written over the new owner's
+change. Afterwards every session's messages are numbered 1..n without a
+gap, every write a process acknowledged is stored (for the killed and the
+frozen process: every durable one; what they acknowledged and had not
+flushed is the bound of write-behind, README "Several processes"), and each
+caller's writes to a session are stored in the order it made them.
 """
 
 from __future__ import annotations
@@ -114,12 +114,15 @@ async def test_processes_sharing_sessions_lose_nothing_acknowledged(postgres_url
         sessions = [await rt.create(f"u{i}", "geral", durable=True) for i in range(6)]
         own = await rt.create("f", "geral", durable=True)  # the frozen process's session
     ids = ",".join(str(s.id) for s in sessions)
+    # a and b run throughout; r1 closes after 2 s and r2 takes its place (a rolling restart).
     steady = [Worker("a", ids), Worker("b", ids)]
+    restarted = [Worker("r1", ids, seconds=2.0), Worker("r2", ids, seconds=3.0)]
     killed = Worker("k", ids, seconds=60.0)
     # Non-durable writes and a slow flush: it holds unflushed changes when it stops.
     frozen = Worker("f", str(own.id), flush_interval=1.0, durable_every=0)
     with trio.fail_after(120):  # a stuck hand-off shows as this, not as a hung suite
-        await run_workers(postgres_url, config, steady, killed, frozen, own.id, tmp_path)
+        await run_workers(postgres_url, config, steady, restarted, killed, frozen, own.id, tmp_path)
+    steady += restarted
     assert killed.process is not None and killed.process.returncode == -signal.SIGKILL
     for worker in [*steady, frozen]:
         assert worker.process is not None and worker.process.returncode == 0, (
@@ -129,7 +132,7 @@ async def test_processes_sharing_sessions_lose_nothing_acknowledged(postgres_url
     assert int(frozen.lines[-2].split()[1]) >= 1
     # A caller of the frozen process may be told StoreUnavailable (its call was refused as
     # the lease lapsed: retry); nobody else sees an error.
-    assert not [*steady[0].errors(), *steady[1].errors(), *killed.errors()]
+    assert not [line for worker in [*steady, killed] for line in worker.errors()]
     assert {line.split()[1] for line in frozen.errors()} <= {"SessionMoved", "StoreUnavailable"}
 
     store = PostgresStore(postgres_url)
@@ -146,7 +149,7 @@ async def test_processes_sharing_sessions_lose_nothing_acknowledged(postgres_url
     assert taken_over is not None and taken_over[0].title == "taken over"
     assert "test t 1" in stored[own.id]
     everything = {(session_id, content) for session_id, contents in stored.items() for content in contents}
-    must = {*steady[0].acks(), *steady[1].acks(), *killed.acks(durable_only=True)}
+    must = {*(ack for worker in steady for ack in worker.acks()), *killed.acks(durable_only=True)}
     missing = must - everything
     assert not missing, f"{len(missing)} acknowledged writes lost, e.g. {sorted(missing)[:3]}"
     # Each caller's writes to one session, in the order it made them.
@@ -163,12 +166,19 @@ async def test_processes_sharing_sessions_lose_nothing_acknowledged(postgres_url
           f"{len(set(frozen.acks()) - everything)}")
 
 
-async def run_workers(url: str, config: RuntimeConfig, steady: list[Worker], killed: Worker,
-                      frozen: Worker, own: UUID, errors: Path) -> None:
+async def run_workers(url: str, config: RuntimeConfig, steady: list[Worker], restarted: list[Worker],
+                      killed: Worker, frozen: Worker, own: UUID, errors: Path) -> None:
     """Run the workers; a second in, kill one, and freeze another while this process takes its session."""
     async with trio.open_nursery() as nursery:
         for worker in [*steady, killed, frozen]:
             nursery.start_soon(worker.run, url, errors)
+
+        async def one_after_the_other() -> None:
+            first, then = restarted
+            await first.run(url, errors)
+            await then.run(url, errors)
+
+        nursery.start_soon(one_after_the_other)
         with trio.fail_after(60):
             for worker in [*steady, killed, frozen]:
                 await worker.ready.wait()
