@@ -83,8 +83,8 @@ async def test_migrate_applies_the_schema_once(postgres_url: str,
              "user 'postgres'")
     assert await run_migrate(postgres_url) == 0
     assert capsys.readouterr().out == (
-        f"migrated {where}: applied 3 migrations: "
-        "0001_initial.sql, 0002_hot_updates.sql, 0003_ownership.sql\n")
+        f"migrated {where}: applied 4 migrations: "
+        "0001_initial.sql, 0002_hot_updates.sql, 0003_ownership.sql, 0004_one_session_per_chat.sql\n")
     assert await run_migrate(postgres_url) == 0
     assert capsys.readouterr().out == f"the schema of {where} is up to date; nothing to apply\n"
 

@@ -17,21 +17,23 @@ PUBLIC = {
     "Health",
     # For several runtimes on one store: the error of a durable caller whose session another
     # runtime took over, and what the Store protocol's ownership calls return.
-    "SessionMoved", "Acquired", "Busy",
+    "SessionMoved", "Acquired", "Busy", "ChatSessionExists",
 }
 
 STORE_METHODS = {"connect", "load", "load_messages", "load_sessions", "live_deadlines", "write", "list",
                  "health_check",
                  # ownership
                  "register", "renew", "leave", "acquire", "claim", "free_deadlines", "request_handoff",
-                 "handoff_requests", "grant", "drop_handoff", "wait_for_notice"}
+                 "handoff_requests", "grant", "drop_handoff", "wait_for_notice",
+                 # one active session per chat
+                 "place"}
 #: The public members of each public class that is not a plain record: the API and nothing else
 #: (as Trio's own export test checks). Records are checked by their dataclass fields.
 MEMBERS = {
     "SessionRuntime": {
         "create", "get", "update_last_activity", "update", "append_message", "context", "add_note",
         "end", "delete", "list", "cleanup_old_sessions", "flush", "subscribe", "metrics", "config",
-        "deadline", "health", "iter_sessions"},
+        "deadline", "health", "iter_sessions", "session_for_chat", "turn"},
     "Subscription": {"receive", "dropped"},
     "Store": STORE_METHODS,
     "MemoryStore": STORE_METHODS,

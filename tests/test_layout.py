@@ -29,11 +29,12 @@ RANKS = {
     "_readthrough": 7,
     "_commands": 8,
     "_transitions": 9, "_deadlines": 9,
-    "_actor": 10, "_subscriptions": 10,
-    "_ownership": 11,
-    "_expiry": 12,
-    "_supervisor": 13,
-    "_runtime": 14,
+    "_chats": 10,
+    "_actor": 11, "_subscriptions": 11,
+    "_ownership": 12,
+    "_expiry": 13,
+    "_supervisor": 14,
+    "_runtime": 15,
 }
 TOP = 100
 #: The bridge's modules: the only ones that may import asyncio, asyncpg or trio_asyncio.

@@ -227,7 +227,8 @@ async def test_list_filters_and_pages(store_factory: StoreFactory) -> None:
         for i in range(7):
             made.append(await rt.create("ana" if i % 2 else "bia", ("max", "geral")[i % 2],
                                         chat_id="c1" if i < 3 else None))
-        await rt.end(made[0].id)
+            if i == 0:  # bia's chat c1 with max is free again for made[2]
+                await rt.end(made[0].id)
         newest_first = sorted(made, key=lambda s: (s.created_at, s.id), reverse=True)
         seen = []
         cursor = None

@@ -3,6 +3,7 @@
 from loguru import logger as _logger
 
 from ._config import RuntimeConfig as RuntimeConfig
+from ._errors import ChatSessionExists as ChatSessionExists
 from ._errors import ConfigurationError as ConfigurationError
 from ._errors import InvalidArgument as InvalidArgument
 from ._errors import Overloaded as Overloaded
@@ -37,7 +38,8 @@ from ._subscriptions import Subscription as Subscription
 _logger.disable("trio_sessions")
 
 __all__ = [
-    "Acquired", "Busy", "ConfigurationError", "Health", "InvalidArgument", "ListQuery", "MemoryStore",
+    "Acquired", "Busy", "ChatSessionExists", "ConfigurationError", "Health", "InvalidArgument", "ListQuery",
+    "MemoryStore",
     "Message", "MetricsSnapshot", "Note", "OperationStats", "Overloaded", "Page", "PostgresStore",
     "RuntimeClosed", "RuntimeConfig",
     "Session", "SessionError", "SessionEvent", "SessionInactive", "SessionMoved", "SessionNotFound",

@@ -39,10 +39,19 @@ from ._commands import (
     Touch,
     Update,
 )
-from ._errors import Overloaded, SessionError, SessionInactive, SessionNotFound, StoreUnavailable
+from ._errors import (
+    ChatSessionExists,
+    Overloaded,
+    SessionError,
+    SessionInactive,
+    SessionNotFound,
+    StoreUnavailable,
+)
 from ._model import EventKind, Message, Session
+from ._store import chat_key
 
 if TYPE_CHECKING:
+    from ._chats import Chats
     from ._clock import Clock
     from ._config import RuntimeConfig
     from ._deadlines import DeadlineQueue
@@ -62,6 +71,7 @@ class ActorHost(Protocol):
     deadlines: DeadlineQueue
     writebehind: WriteBehind
     reads: ReadThrough
+    chats: Chats
 
     @property
     def ownership(self) -> Owner: ...
@@ -170,6 +180,13 @@ class SessionActor:
                 `SessionNotFound`, exactly as a missing session, before
                 anything (an overdue expiry included) is applied.
         """
+        self._admit(command, now)
+        value = command.dispatch(self, now)
+        waiter = self._host.writebehind.durable_waiter(self.id) if command.durable else None
+        return value, waiter
+
+    def _admit(self, command: Command[Any], now: float) -> None:
+        """Refuse a command this actor may not apply now (see `apply`)."""
         if self._deleted:
             raise SessionNotFound(self.id)
         ownership = self._host.ownership
@@ -188,9 +205,44 @@ class SessionActor:
             assert session is not None  # applied only once loaded
             if session.user_id != owner:
                 raise SessionNotFound(self.id)
-        value = command.dispatch(self, now)
-        waiter = self._host.writebehind.durable_waiter(self.id) if command.durable else None
-        return value, waiter
+
+    async def write_through(self, command: Update) -> tuple[Session, DurableWaiter | None]:
+        """Apply an update that may give the session another chat, the store deciding.
+
+        An update that leaves the chat as it was is applied as any command.
+        Otherwise the session's earlier changes are flushed first, then the
+        new row is written (`Store.place`) unless another active session has
+        the chat: `ChatSessionExists`, nothing changed. Runs in the actor's
+        task, so the session's later commands wait; it is already durable.
+        """
+        host = self._host
+        flushed = False
+        while True:
+            now = host.clock.now()
+            self._admit(command, now)
+            session = self._live(now)
+            new = transitions.updated(session, command, host.clock.to_wall(now))
+            key = chat_key(new)
+            if key is None or key == chat_key(session):
+                return self.apply(command, now)  # noqa: ASYNC910  as any command (_serve is the task)
+            if flushed:
+                break
+            await host.writebehind.flush()  # what came before reaches the store first
+            flushed = True
+            if self.retired:  # the flush refused or fenced this session: it is read afresh
+                raise StoreUnavailable(f"session {self.id} was reloaded meanwhile: retry the call")
+        try:
+            holder = await host.chats.place(new)
+        except SessionError as exc:
+            # Stored or not, nobody can tell: the commands queued behind are
+            # refused, and the next actor reads the session as it is stored.
+            self._refuse_all(StoreUnavailable(f"session {self.id}: {exc}; retry the call"))
+            raise
+        if holder is not None:
+            raise ChatSessionExists(*key, holder)
+        self.session = new
+        host.publish("updated", new)
+        return new, None
 
     async def post(self, command: Command[Any], reply: Reply[Any]) -> bool:
         """Queue a command, waiting while the mailbox is full; False if the actor has retired.
@@ -273,7 +325,11 @@ class SessionActor:
                     if reply.abandoned:
                         continue
                 try:
-                    value, reply.waiter = self.apply(command, host.clock.now())
+                    if command.through:
+                        assert isinstance(command, Update)
+                        value, reply.waiter = await self.write_through(command)
+                    else:
+                        value, reply.waiter = self.apply(command, host.clock.now())
                 except SessionError as exc:
                     reply.settle(None, exc)
                 else:

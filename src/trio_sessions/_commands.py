@@ -47,6 +47,9 @@ class Command(Generic[T_co]):
     durable = False
     #: When set, the session must belong to this user (else `SessionNotFound`).
     owner: str | None = None
+    #: Written through to the store by the actor's task, which awaits it
+    #: (`SessionActor.write_through`); never applied on a caller's fast path.
+    through = False
 
     def dispatch(self, target: CommandTarget, now: float) -> T_co:
         raise NotImplementedError  # pragma: no cover - every command overrides it
@@ -64,12 +67,17 @@ class Touch(Command[Session]):
 
 @dataclass(frozen=True, slots=True)
 class Update(Command[Session]):
-    """Sent by `update`: `changes` holds only the fields the caller passed."""
+    """Sent by `update`: `changes` holds only the fields the caller passed.
+
+    `through` when it changes the agent or the chat: the session's chat may
+    change, which the store decides (`Store.place`).
+    """
 
     expected_version: int | None
     changes: dict[str, Any]
     durable: bool
     owner: str | None = None
+    through: bool = False
 
     def dispatch(self, target: CommandTarget, now: float) -> Session:
         return target.update(self, now)

@@ -39,6 +39,27 @@ class VersionConflict(SessionError):
         self.actual = actual
 
 
+class ChatSessionExists(SessionError):
+    """The chat already has an active session with this agent for this user.
+
+    One active session per `(user_id, agent, chat_id)`: `create` and `update`
+    refuse to give a session a chat that has one (nothing is changed).
+    `session_for_chat` finds that session instead of opening another.
+
+    Attributes:
+        user_id, agent, chat_id: the chat's key.
+        session_id: the chat's active session.
+    """
+
+    def __init__(self, user_id: str, agent: str, chat_id: str, session_id: UUID) -> None:
+        super().__init__(f"chat {chat_id!r} already has an active session with agent {agent!r} for this "
+                         f"user ({session_id}): continue it with session_for_chat(), or end it first")
+        self.user_id = user_id
+        self.agent = agent
+        self.chat_id = chat_id
+        self.session_id = session_id
+
+
 class InvalidArgument(SessionError, ValueError):
     """An argument was rejected before anything was changed.
 

@@ -10,6 +10,7 @@ from types import MappingProxyType
 from typing import Final
 
 from ._errors import (
+    ChatSessionExists,
     InvalidArgument,
     Overloaded,
     RuntimeClosed,
@@ -23,13 +24,15 @@ from ._errors import (
 
 OPERATIONS: Final = (
     "create", "get", "update_last_activity", "update", "append_message", "add_note",
-    "end", "delete", "list", "context", "cleanup_old_sessions", "flush",
+    "end", "delete", "list", "context", "cleanup_old_sessions", "flush", "session_for_chat",
 )
 
 #: Errors that answer the caller's own request: a bad argument, a session that is not
-#: there (or not the caller's), inactive, or changed meanwhile, a runtime already closed.
+#: there (or not the caller's), inactive, or changed meanwhile, a chat that has a session,
+#: a runtime already closed.
 #: The application expects these; they say nothing about the runtime's health.
-CALLER_ERRORS: Final = (InvalidArgument, SessionNotFound, SessionInactive, VersionConflict, RuntimeClosed)
+CALLER_ERRORS: Final = (InvalidArgument, SessionNotFound, SessionInactive, VersionConflict, ChatSessionExists,
+                         RuntimeClosed)
 #: Errors that are the system's: the store unreachable, the runtime overloaded, a row refused.
 # SessionMoved is a StoreUnavailable; it is listed so that an exporter matching
 # error names (trio_sessions.prometheus) files it as the system's too.

@@ -27,7 +27,8 @@ coordination engine:
   woken by the grant or polling every `handoff_poll_interval`; an owner that
   crashed is outlived (its lease lapses, the session is free). The owner's
   hand-off task stops the session's actor (what is queued is applied first),
-  flushes, and grants the session to the requester in one store call.
+  flushes, and grants the session to the requester in one store call;
+  a turn held on the session (`SessionRuntime.turn`) ends first.
   Beyond `handoff_timeout` the waiting call gets `Overloaded`.
 - **Expiry by the owner.** A runtime's deadline queue holds the sessions it
   owns; its sweeper adds the active sessions nobody live owns, which the
@@ -53,6 +54,7 @@ from ._readthrough import Loaded
 from ._store import Acquired, Store
 
 if TYPE_CHECKING:
+    from ._chats import KeyedLocks
     from ._clock import Clock
     from ._config import RuntimeConfig
     from ._deadlines import DeadlineQueue
@@ -70,6 +72,7 @@ class OwnershipHost(Protocol):
     deadlines: DeadlineQueue
     writebehind: WriteBehind
     reads: ReadThrough
+    turns: KeyedLocks[UUID]
 
     async def stop_session(self, session_id: UUID, hold: Hold) -> None: ...
     def unhold(self, session_id: UUID, hold: Hold) -> None: ...
@@ -275,17 +278,18 @@ class Ownership:
             if session_id not in self.owned:
                 await self._store.drop_handoff(session_id, instance)
                 return
-            await host.stop_session(session_id, hold)
-            await host.writebehind.flush()
-            epoch = self.owned.get(session_id)
-            if epoch is None or instance != self.instance:  # fenced, or rejoined, meanwhile
-                return
-            if await self._store.grant(session_id, instance, epoch, requester):
-                self.owned.pop(session_id, None)
-                host.deadlines.discard(session_id)
-                self._counters.handoffs_granted += 1
-            else:
-                self.owned.pop(session_id, None)
+            async with host.turns.hold(session_id):  # a turn held here ends first
+                await host.stop_session(session_id, hold)
+                await host.writebehind.flush()
+                epoch = self.owned.get(session_id)
+                if epoch is None or instance != self.instance:  # fenced, or rejoined, meanwhile
+                    return
+                if await self._store.grant(session_id, instance, epoch, requester):
+                    self.owned.pop(session_id, None)
+                    host.deadlines.discard(session_id)
+                    self._counters.handoffs_granted += 1
+                else:
+                    self.owned.pop(session_id, None)
         except StoreUnavailable as exc:
             logger.warning("could not hand session {} over (will be asked again): {}", session_id, exc)
         finally:

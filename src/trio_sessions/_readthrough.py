@@ -108,6 +108,12 @@ class ReadThrough:
         return await self._retry.read(self._store.free_deadlines)
 
     async def list(self, query: ListQuery) -> list[Session]:
-        """A page of stored sessions, after everything acknowledged so far is committed."""
-        await self._writebehind.flush()
+        """A page of stored sessions, after every acknowledged change it could show is committed.
+
+        A page of one user's sessions waits only if a change of that user's
+        (or a hard delete, whose user the buffer no longer knows) is not
+        committed yet; a page of everybody's waits for any change.
+        """
+        if self._writebehind.holds_user(query.user_id):
+            await self._writebehind.flush()
         return await self._retry.read(self._store.list, query)

@@ -17,7 +17,7 @@ import trio
 from loguru import logger
 
 from ._config import RuntimeConfig
-from ._errors import SessionError, StoreUnavailable
+from ._errors import SessionError, SessionMoved, StoreUnavailable
 from ._metrics import Counters
 
 P = ParamSpec("P")
@@ -65,6 +65,8 @@ class Retry:
         for attempt in range(1, attempts + 1):
             try:
                 return await fn(*args, **kwargs)
+            except SessionMoved:
+                raise  # the store's answer (another runtime owns the session), not a failure
             except StoreUnavailable as exc:
                 self._counters.store_errors += 1
                 self.last_error = str(exc)

@@ -116,6 +116,13 @@ class SessionRuntime:
 
         Raises:
             InvalidArgument: naming the bad argument; nothing is created.
+            ChatSessionExists: `chat_id` is given and the chat already has an
+                active session with `agent` for `user_id` (see
+                `session_for_chat`); nothing is created.
+
+        A session with a `chat_id` is written through to the store before
+        the call returns (durable, whatever `durable` says): the store
+        decides which session has a chat, in one runtime or many.
 
         Cancellation: while it waits for room in a full write-behind buffer,
         nothing is created; once created, a durable call cancelled during the
@@ -132,6 +139,80 @@ class SessionRuntime:
             metadata=model.check_metadata(metadata),
         )
         return await self._sup.create(fields, timeout_s, model.check_bool("durable", durable))
+
+    @_measured("session_for_chat")
+    async def session_for_chat(
+            self, user_id: str, agent: str, chat_id: str, *, title: str | None = None,
+            state: str = "active", metadata: Mapping[str, Any] | None = None,
+            timeout: float | None = None,  # noqa: ASYNC109 - the session's, not the call's
+    ) -> Session:
+        """The chat's active session with `agent` for `user_id`, opened now if it has none.
+
+        Atomic: concurrent calls for one chat, in this runtime or in any
+        other sharing the store, all get the same session. A chat has at
+        most one active session per user and agent, and one that ended or
+        expired is never revived: the next call opens a new one. A session
+        this runtime holds is answered from memory (no store call); opening
+        one writes it through to the store before returning.
+
+        Args:
+            user_id, agent, chat_id: the chat's key.
+            title, state, metadata, timeout: for a session opened now, as `create` takes them;
+                a session found is returned as it is.
+
+        Returns:
+            The session (version 1 if it was opened by this call).
+
+        Raises:
+            InvalidArgument: naming the bad argument; nothing is opened.
+            StoreUnavailable: the store could not decide (retry the call).
+            Overloaded: the session's owner, another runtime, did not hand it over in time.
+
+        Cancellation: nothing is opened if cancelled before the write; once
+        written, the session is the chat's, and the next call finds it.
+        """
+        timeout_s = self.config.session_timeout if timeout is None else model.check_seconds(
+            "timeout", timeout, high=model.MAX_TIMEOUT)
+        fields: dict[str, Any] = dict(
+            user_id=model.check_text("user_id", user_id, max_chars=model.MAX_ID_CHARS),
+            agent=model.check_text("agent", agent, max_chars=model.MAX_NAME_CHARS),
+            chat_id=model.check_text("chat_id", chat_id, max_chars=model.MAX_ID_CHARS),
+            title=model.check_optional_text("title", title, max_chars=model.MAX_TITLE_CHARS),
+            state=model.check_text("state", state, max_chars=model.MAX_NAME_CHARS),
+            metadata=model.check_metadata(metadata),
+        )
+        key = (fields["user_id"], fields["agent"], fields["chat_id"])
+        return await self._sup.chats.session_for(key, fields, timeout_s)
+
+    @asynccontextmanager
+    async def turn(self, session_id: UUID | str, *, user_id: str | None = None) -> AsyncIterator[Session]:
+        """Hold the session's turn for the block: one exchange at a time, kept together.
+
+        `async with rt.turn(sid) as session:` waits until no other task holds
+        the session's turn (first come, first served), then yields its
+        latest snapshot. Calls on the session are never refused for want of
+        the turn; it is for the application, which holds it from a user's
+        message to the agent's answer so that two messages sent at once are
+        answered one after the other, not interleaved. Across runtimes
+        sharing a store, the owner of a session hands it over only once the
+        turn held on it has ended, so turns exclude each other there too
+        (a turn longer than `handoff_timeout` makes other runtimes' calls on
+        the session fail with `Overloaded`).
+
+        Args:
+            user_id: when given, the session must belong to this user.
+
+        Raises:
+            SessionNotFound: no such session, or it belongs to another user (the turn is not held).
+
+        Cancellation: while waiting, nothing is held; leaving the block releases the turn.
+        """
+        sid = model.check_session_id(session_id)
+        owner = _owner(user_id)
+        self._sup.check_open()
+        async with self._sup.turns.hold(sid):
+            session = await self.get(sid, user_id=owner)
+            yield session
 
     @_measured("get")
     async def get(self, session_id: UUID | str, *, user_id: str | None = None) -> Session:
@@ -188,7 +269,14 @@ class SessionRuntime:
         Raises:
             VersionConflict: `expected_version` is not the current version.
             SessionNotFound: no such session, or it belongs to another user.
+            ChatSessionExists: the new agent or chat would give the chat a
+                second active session; nothing changed.
             SessionInactive, InvalidArgument.
+
+        A change of `agent` or `chat_id` of an active session bound to a
+        chat is written through to the store before the call returns (the
+        store decides which session has a chat), so it is durable and costs
+        a flush and a round trip.
 
         Cancellation: before the change is applied, nothing changes; while a
         durable call waits for the commit, the change stands and is committed.
@@ -207,7 +295,11 @@ class SessionRuntime:
             changes["chat_id"] = model.check_optional_text("chat_id", chat_id, max_chars=model.MAX_ID_CHARS)
         if metadata is not _UNSET:
             changes["metadata"] = model.check_metadata(metadata)
-        command = Update(expected_version, changes, model.check_bool("durable", durable), _owner(user_id))
+        through = "agent" in changes or "chat_id" in changes
+        command = Update(expected_version, changes, model.check_bool("durable", durable), _owner(user_id),
+                         through)
+        if through:  # the session's chat may change: the store decides (`Chats.update`)
+            return await self._sup.chats.update(sid, command)
         return await self._sup.call(sid, command)
 
     @_measured("append_message")
@@ -311,8 +403,11 @@ class SessionRuntime:
                    after: str | None = None) -> Page:
         """One page of sessions, newest first (by creation, then id); filters combine.
 
-        The store answers after everything acknowledged so far has been
-        flushed, so the page reflects every change made before the call.
+        The store answers once every change this runtime acknowledged
+        that the page could show has been flushed (with `user_id`, only
+        that user's changes are waited for: with none pending, no flush),
+        so the page reflects every change made here before the call; of
+        other runtimes sharing the store, it shows what they have flushed.
 
         Args:
             active: True for live sessions, False for ended or expired ones, None for all.
@@ -339,7 +434,7 @@ class SessionRuntime:
         """Every session matching the filters, newest first: `async for s in rt.iter_sessions(...)`.
 
         Reads one `list()` page of `page_size` at a time, following
-        `next_cursor` until the last page. Each page is read (after a flush)
+        `next_cursor` until the last page. Each page is read (after a flush, as `list()` says)
         when the previous one is used up, so the whole is not one snapshot:
         a session created meanwhile sorts before the cursor and is not seen,
         and one that changes meanwhile shows as its page read it.

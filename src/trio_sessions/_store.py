@@ -22,7 +22,29 @@ from uuid import UUID
 
 import trio
 
+from ._errors import SessionMoved, WriteRejected
 from ._model import Message, Session
+
+#: What one active session per chat is keyed by: `(user_id, agent, chat_id)`.
+ChatKey = tuple[str, str, str]
+
+
+def chat_key(session: Session) -> ChatKey | None:
+    """The chat an active session holds; None for an inactive one, or one bound to no chat."""
+    if session.chat_id is None or not session.is_active:
+        return None
+    return session.user_id, session.agent, session.chat_id
+
+
+class ChatTaken(WriteRejected):
+    """A write would give a chat a second active session (`Store.place`, `Store.write`).
+
+    `holder`: the session that has the chat, when the store knows it.
+    """
+
+    def __init__(self, message: str, holder: UUID | None = None) -> None:
+        super().__init__(message)
+        self.holder = holder
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +201,25 @@ class Store(Protocol):
         """Apply one batch atomically (see `WriteBatch`); return the ids of the sessions fenced.
 
         The runtime writes up to `flush_concurrency` batches at once; batches
-        written at the same time never share a session.
+        written at the same time never share a session. A batch that would
+        leave two active sessions on one chat (`chat_key`) raises `ChatTaken`.
+        """
+        ...
+
+    async def place(self, row: Session, instance: UUID, epoch: int, *, created: bool) -> UUID | None:
+        """Write `row` whole, now, unless another active session holds its chat; then return that one's id.
+
+        The write-through of everything that gives a session a chat
+        (`create` with a chat, `session_for_chat`, `update` of an active
+        session's agent or chat): at most one active session per `chat_key`,
+        decided here, before the call that asked is answered. Fenced as a
+        `WriteBatch` of `instance` is, with `epoch` for the session; a row
+        not stored is inserted only when `created` (under `instance` and
+        `epoch`). Writing a row already stored at its version changes nothing
+        (a retry after a lost answer).
+
+        Raises:
+            SessionMoved: the stored row names another owner or epoch.
         """
         ...
 
@@ -252,6 +292,11 @@ class Store(Protocol):
         ...
 
 
+def _taken(session_id: UUID, holder: UUID) -> ChatTaken:
+    return ChatTaken(f"session {session_id} would be a second active session of its chat "
+                     f"(sessions_chat_active_idx: {holder} has it)", holder)
+
+
 class MemoryStore:
     """A complete store in memory, for embedding and for fast tests.
 
@@ -269,6 +314,8 @@ class MemoryStore:
         self._leases: dict[UUID, float | None] = {}
         self._handoffs: dict[UUID, tuple[UUID, UUID]] = {}
         self._notices: dict[UUID, trio.Event] = {}
+        # The unique index over active sessions' chats: chat_key -> session id.
+        self._chats: dict[ChatKey, UUID] = {}
 
     @asynccontextmanager
     async def connect(self) -> AsyncIterator[None]:
@@ -308,13 +355,21 @@ class MemoryStore:
             if fenced:
                 refused = set(fenced)
                 batch = batch.only(lambda session_id: session_id not in refused)
-            for session in batch.sessions:
+        rows = [session for session in batch.sessions
+                if (stored := self._sessions.get(session.id)) is None or stored.version < session.version]
+        self._check_chats(rows, batch.deletes)
+        if batch.owner is not None:
+            for session in rows:
                 if session.id in batch.created and session.id not in self._sessions:
                     self._owners[session.id] = (batch.owner, batch.epochs.get(session.id, 1))
-        for session in batch.sessions:
+        chats = self._chats
+        for session in rows:
             stored = self._sessions.get(session.id)
-            if stored is None or stored.version < session.version:
-                self._sessions[session.id] = session
+            if stored is not None and (old := chat_key(stored)) is not None and chats.get(old) == session.id:
+                del chats[old]
+            if (new := chat_key(session)) is not None:
+                chats[new] = session.id
+            self._sessions[session.id] = session
         for session in batch.touched:
             stored = self._sessions.get(session.id)
             if stored is not None and stored.version < session.version:
@@ -329,10 +384,41 @@ class MemoryStore:
                 if index == len(stored_messages) or stored_messages[index].seq != message.seq:
                     stored_messages.insert(index, message)
         for session_id in batch.deletes:
-            self._sessions.pop(session_id, None)
+            stored = self._sessions.pop(session_id, None)
+            if stored is not None and (old := chat_key(stored)) is not None and chats.get(old) == session_id:
+                del chats[old]
             self._messages.pop(session_id, None)
             self._owners.pop(session_id, None)
         return fenced
+
+    def _check_chats(self, rows: Sequence[Session], deletes: Sequence[UUID]) -> None:
+        """Raise `ChatTaken` if writing `rows` and `deletes` would leave a chat two active sessions."""
+        claims: dict[ChatKey, UUID] = {}
+        for row in rows:
+            if (key := chat_key(row)) is not None and (other := claims.setdefault(key, row.id)) != row.id:
+                raise _taken(row.id, other)
+        if not claims:
+            return
+        leaving = {*deletes, *(row.id for row in rows)}  # their rows in the batch decide for them
+        for key, session_id in claims.items():
+            holder = self._chats.get(key)
+            if holder is not None and holder != session_id and holder not in leaving:
+                raise _taken(session_id, holder)
+
+    async def place(self, row: Session, instance: UUID, epoch: int, *, created: bool) -> UUID | None:
+        await trio.lowlevel.checkpoint()
+        stored = self._sessions.get(row.id)
+        if (stored is None and not created) or (
+                stored is not None and self._owners.get(row.id, (None, 0)) != (instance, epoch)):
+            raise SessionMoved(f"session {row.id} is not this runtime's to write (another one took it)")
+        batch = WriteBatch((row,), (), (), owner=instance, epochs={row.id: epoch},
+                           created=frozenset({row.id}) if created else frozenset())
+        try:
+            await self.write(batch)
+        except ChatTaken as taken:
+            assert taken.holder is not None  # this store always knows it
+            return taken.holder
+        return None
 
     def _fenced(self, batch: WriteBatch) -> list[UUID]:
         stored = {session_id: self._owners.get(session_id, (None, 0)) for session_id in batch.session_ids()

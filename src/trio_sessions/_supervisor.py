@@ -26,6 +26,7 @@ import trio
 
 from . import _transitions as transitions
 from ._actor import Hold, Predecessor, SessionActor
+from ._chats import Chats, KeyedLocks
 from ._clock import Clock
 from ._commands import Command, Read, Reply
 from ._config import RuntimeConfig
@@ -61,6 +62,9 @@ class Supervisor:
         self.reads = ReadThrough(store, self.writebehind, self.retry)
         self.events = EventHub(self.counters)
         self.expiry = ExpiryEngine(self)
+        self.chats = Chats(store, self)
+        #: The turns held on sessions (`SessionRuntime.turn`); a hand-off waits for one to end.
+        self.turns: KeyedLocks[UUID] = KeyedLocks()
         self._actors: OrderedDict[UUID, SessionActor] = OrderedDict()
         # Actors stopping, and the expiry engine's holds: a new actor for one of
         # these sessions waits for it to finish first.
@@ -136,6 +140,7 @@ class Supervisor:
         actor.retired = True
         if self._actors.get(actor.id) is actor:
             del self._actors[actor.id]
+        self.chats.forget(actor.session)
         if actor.busy:
             actor.stopped = trio.Event()
             self._retiring[actor.id] = actor
@@ -259,7 +264,8 @@ class Supervisor:
         """
         self.check_open()
         actor = self._actors.get(session_id)
-        if actor is not None and actor.idle() and self.ownership.valid(trio.current_time()):
+        if (actor is not None and actor.idle() and not command.through
+                and self.ownership.valid(trio.current_time())):
             # Fast path: nothing is queued for this session, so the caller may
             # apply its command itself (SessionActor.apply), sparing two task
             # switches and the mailbox. It re-checks after its checkpoint.
@@ -311,8 +317,12 @@ class Supervisor:
     async def create(self, fields: Mapping[str, Any], seconds: float, durable: bool) -> Session:
         """Record a new session expiring `seconds` after its last activity.
 
-        No actor starts: one does with the first call on the session.
+        No actor starts: one does with the first call on the session. A
+        session with a chat is written through (`Chats.create`).
         """
+        if fields["chat_id"] is not None:
+            key = (fields["user_id"], fields["agent"], fields["chat_id"])
+            return await self.chats.create(key, fields, seconds)
         self.check_open()
         await trio.lowlevel.checkpoint()
         writebehind = self.writebehind

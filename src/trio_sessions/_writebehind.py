@@ -267,6 +267,23 @@ class WriteBehind:
                 messages.extend(entry.messages)
         return row, False, messages
 
+    def holds_user(self, user_id: str | None) -> bool:
+        """Whether a change not yet committed may be one of `user_id`'s sessions' (anybody's when None).
+
+        A session's user never changes, so a pending row names it; a pending
+        hard delete does not, and counts for every user. Scans the buffer:
+        cheaper than the flush it spares.
+        """
+        buffers = (*(batch.entries for batch in self._inflight), self._pending)
+        if user_id is None:
+            return any(buffers)
+        for buffer in buffers:
+            for entry in buffer.values():
+                row = entry.row
+                if row is None or row.user_id == user_id:
+                    return True
+        return False
+
     def refused_version(self, session_id: UUID) -> int:
         """The highest version of the session the database refused since it last took one (or 0)."""
         return self._refused.get(session_id, 0) if self._refused else 0

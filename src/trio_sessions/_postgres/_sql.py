@@ -52,6 +52,14 @@ LOCK_FOR_WRITE: Final = """
 SELECT id, owner, owner_epoch FROM sessions WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE
 """
 
+# The unique index over active sessions' chats (migration 0004), and the
+# session that has a chat: what `place` answers when its write ran into it.
+CHAT_INDEX: Final = "sessions_chat_active_idx"
+CHAT_HOLDER: Final = """
+SELECT id FROM sessions
+WHERE user_id = $1 AND agent = $2 AND chat_id = $3 AND is_active AND chat_id IS NOT NULL AND id <> $4
+"""
+
 # Rows changed only by activity (WriteBatch.touched): five columns, not
 # eighteen, under the same version guard; a row not stored stays missing.
 # Touched rows come from activity alone, so `updated_at` is `last_activity`

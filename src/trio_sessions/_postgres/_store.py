@@ -19,10 +19,11 @@ from uuid import UUID
 import trio
 
 from .._config import RuntimeConfig
+from .._errors import SessionMoved, StoreUnavailable, WriteRejected
 from .._migrations import load_migrations
 from .._model import Message, Session, check_text
 from .._secrets import redact_url
-from .._store import Acquired, Busy, ListQuery, WriteBatch
+from .._store import Acquired, Busy, ChatTaken, ListQuery, WriteBatch
 from . import _rows as rows
 from . import _sql as sql
 
@@ -152,8 +153,19 @@ class PostgresStore:
         Raises:
             WriteRejected: PostgreSQL refused the data (SQLSTATE class 22 or
                 23, e.g. a NUL character); nothing of the batch was written.
+                `ChatTaken` when it is the unique index of active chats.
             StoreUnavailable: a transient failure; the batch may be retried.
         """
+        try:
+            return await self._write(batch)
+        except WriteRejected as exc:
+            from ._bridge import violated_constraint
+
+            if violated_constraint(exc) == sql.CHAT_INDEX:
+                raise ChatTaken(str(exc)) from exc.__cause__
+            raise
+
+    async def _write(self, batch: WriteBatch) -> tuple[UUID, ...]:
         db = self._connected()
         if not len(batch):
             await trio.lowlevel.checkpoint()
@@ -172,6 +184,35 @@ class PostgresStore:
 
         await db.locked_transaction((sql.LOCK_FOR_WRITE, (sorted(set(batch.session_ids())),)), fence)
         return tuple(fenced)
+
+    async def place(self, row: Session, instance: UUID, epoch: int, *, created: bool) -> UUID | None:
+        """Write one row now, as `write` does (fenced); the chat's holder instead if it has one.
+
+        The unique index `sessions_chat_active_idx` decides: two places racing
+        for one chat in two processes both try, and the second waits for the
+        first's commit and then fails. Its holder is read right after; if it
+        ended in between (nothing holds the chat any more) the write is tried
+        again, a few times.
+
+        Raises:
+            SessionMoved: fenced (another owner, or another epoch).
+            StoreUnavailable: a transient failure, or a chat that kept changing hands.
+        """
+        batch = WriteBatch((row,), (), (), owner=instance, epochs={row.id: epoch},
+                           created=frozenset({row.id}) if created else frozenset())
+        db = self._connected()
+        for _ in range(3):
+            try:
+                fenced = await self.write(batch)
+            except ChatTaken:
+                holder = await db.fetchrow(sql.CHAT_HOLDER, row.user_id, row.agent, row.chat_id, row.id)
+                if holder is None:  # it ended between the two statements: nobody holds the chat now
+                    continue
+                return holder[0]  # type: ignore[no-any-return]
+            if fenced:
+                raise SessionMoved(f"session {row.id} is not this runtime's to write (another one took it)")
+            return None
+        raise StoreUnavailable(f"the chat of session {row.id} kept changing hands; retry the call")
 
     async def list(self, query: ListQuery) -> list[Session]:
         """Up to `query.limit` sessions matching the filters, newest first.

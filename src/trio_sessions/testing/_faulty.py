@@ -48,6 +48,13 @@ TRANSIENT_FAULTS: Final[tuple[tuple[str, str | None, str], ...]] = (
 )
 
 
+def _unknown_commit() -> StoreUnavailable:
+    return StoreUnavailable(
+        "PostgreSQL is unavailable: TransactionResolutionUnknownError [08007]: "
+        "connection lost during COMMIT, the transaction's outcome is unknown "
+        "(injected by FaultyStore: it was committed)")
+
+
 @dataclass(frozen=True, slots=True)
 class FaultStatistics:
     """What a `FaultyStore` has done so far; returned by `FaultyStore.statistics()`."""
@@ -174,11 +181,16 @@ class FaultyStore:
         fenced = await self.inner.write(batch)
         if unknown < self._unknown_commit_rate:
             self.unknown_commits += 1
-            raise StoreUnavailable(
-                "PostgreSQL is unavailable: TransactionResolutionUnknownError [08007]: "
-                "connection lost during COMMIT, the transaction's outcome is unknown "
-                "(injected by FaultyStore: it was committed)")
+            raise _unknown_commit()
         return fenced
+
+    async def place(self, row: Session, instance: UUID, epoch: int, *, created: bool) -> UUID | None:
+        unknown = await self._arrive()
+        holder = await self.inner.place(row, instance, epoch, created=created)
+        if unknown < self._unknown_commit_rate:
+            self.unknown_commits += 1
+            raise _unknown_commit()
+        return holder
 
     async def register(self, instance: UUID, lease: float) -> None:
         await self._arrive()

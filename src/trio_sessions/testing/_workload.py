@@ -234,6 +234,25 @@ def programs(tasks: int, steps: int, config: RuntimeConfig,
     return st.lists(st.lists(step, max_size=steps), min_size=tasks, max_size=tasks)
 
 
+def own_chat(call: Call, token: str) -> Call:
+    """The call with its chat id made the step's own (`token` appended), so that no two sessions share a chat.
+
+    A chat has one active session per user and agent, which couples
+    sessions; the per-session checker keeps them apart, so the workload's
+    sessions never share a chat (the chat properties test that coupling).
+    Only plain valid strings change: hostile values stay as drawn.
+    """
+    if isinstance(call, Create) and type(call.chat_id) is str and call.chat_id:
+        chat = call.chat_id[:limits.MAX_ID_CHARS - len(token)] + token
+        return dataclasses.replace(call, chat_id=chat)
+    if isinstance(call, Update):
+        changes = tuple((name, value[:limits.MAX_ID_CHARS - len(token)] + token)
+                        if name == "chat_id" and type(value) is str and value else (name, value)
+                        for name, value in call.changes)
+        return dataclasses.replace(call, changes=changes)
+    return call
+
+
 def _target(action: Action, known: Sequence[UUID]) -> UUID | None:
     slot = action.target if isinstance(action, Passivate) else getattr(action, "session_id", None)
     if isinstance(slot, Slot) and known:
@@ -339,7 +358,7 @@ async def run_workload(runtime: SessionRuntime, data: DataObject, history: Histo
             return
         await trio.lowlevel.checkpoint()
 
-    async def act(action: Action) -> None:  # noqa: ASYNC910  every step's wait() checkpoints
+    async def act(action: Action, token: str) -> None:  # noqa: ASYNC910  every step's wait() checkpoints
         if isinstance(action, Flush):
             await runtime.flush()
         elif isinstance(action, Passivate):
@@ -353,7 +372,7 @@ async def run_workload(runtime: SessionRuntime, data: DataObject, history: Histo
                 owner = None if session is None else session.user_id
             await walk_list(runtime, history, action, owner)
         else:
-            call = resolve(action, known)
+            call = own_chat(resolve(action, known), token)
             try:
                 result = await recorder.call(call)
             except SessionError as exc:
@@ -368,12 +387,12 @@ async def run_workload(runtime: SessionRuntime, data: DataObject, history: Histo
             if after_call is not None:
                 await after_call(call, result)
 
-    async def worker(plan: list[Step]) -> None:  # noqa: ASYNC910  an empty plan: the nursery checkpoints
-        for step in plan:
+    async def worker(task: int, plan: list[Step]) -> None:  # noqa: ASYNC910  an empty plan: the nursery checkpoints
+        for index, step in enumerate(plan):
             await wait(step)
-            await act(step.action)
+            await act(step.action, f"#{task}.{index}")
 
     async with trio.open_nursery() as nursery:
-        for plan in plans:
-            nursery.start_soon(worker, plan)
+        for task, plan in enumerate(plans):
+            nursery.start_soon(worker, task, plan)
     return known

@@ -13,7 +13,9 @@ from ._calls import fetchval_once as fetchval_once
 from ._calls import migrate as migrate
 from ._calls import open_database as open_database
 from ._errors import store_errors as store_errors
+from ._errors import violated_constraint as violated_constraint
 
 __all__ = [
     "Database", "Statement", "execute_once", "fetchval_once", "migrate", "open_database", "store_errors",
+    "violated_constraint",
 ]

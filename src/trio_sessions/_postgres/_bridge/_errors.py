@@ -68,6 +68,14 @@ def _is_rejected_data(exc: BaseException) -> bool:
     return isinstance(exc, asyncpg.PostgresError) and (exc.sqlstate or "")[:2] in {"22", "23"}
 
 
+def violated_constraint(exc: BaseException) -> str | None:
+    """The unique index a `WriteRejected` of `store_errors` ran into, if that is what it was."""
+    cause = exc.__cause__
+    if isinstance(cause, asyncpg.UniqueViolationError):
+        return cause.constraint_name
+    return None
+
+
 @contextmanager
 def store_errors(*, rejectable: bool = False, url: str | None = None) -> Iterator[None]:
     """Translate what leaves the block: transient -> StoreUnavailable, data -> WriteRejected,
