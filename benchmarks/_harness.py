@@ -42,6 +42,7 @@ SCENARIOS: Final = {
     "s6": "benchmarks.s6_restart",
     "s7": "benchmarks.s7_latency",
     "s8": "benchmarks.s8_handoff",
+    "s9": "benchmarks.s9_chat",
 }
 
 #: The environment variable through which the suite hands its PostgreSQL

@@ -148,7 +148,8 @@ async def run(ctx: Context) -> Result:
     batch = ctx.size(2000, 500)
     rounds = ctx.size(3, 1)
     config = RuntimeConfig(flush_batch=batch)
-    base = [snapshot_like() for _ in range(count)]
+    # Each its own chat: one active session per chat (migration 0004).
+    base = [dataclasses.replace(snapshot_like(), chat_id=f"55119{i:08d}@c.us") for i in range(count)]
     times: dict[str, list[float]] = {"raw executemany": [], "raw unnest": [], "store.write": [],
                                      "write-behind": []}
     flush_batches = 0

@@ -7,16 +7,29 @@ import re
 import socket
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from urllib.parse import parse_qs, urlsplit
+from uuid import uuid4
 
 import pytest
 from loguru import logger
 
-from trio_sessions import RuntimeConfig, open_runtime
+from trio_sessions import MemoryStore, RuntimeConfig, Session, open_runtime
 from trio_sessions._cli import _is_interrupt, main, parse_args, run_migrate
 from trio_sessions._demo import DemoOptions, run_demo
-from trio_sessions._demo_ledger import Ledger, check_store
+from trio_sessions._demo_ledger import (
+    Ledger,
+    answer,
+    chat_overlaps,
+    check_active_chats,
+    check_store,
+    exchange_problems,
+    question,
+)
 from trio_sessions._model import Message
+
+#: A timestamp for hand-made snapshots and messages.
+AT = datetime(2024, 1, 1, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -43,7 +56,28 @@ async def test_demo_expires_sessions_and_its_check_passes(
     created, expired, ended = (int(group.replace(",", "")) for group in summary.groups())
     assert created > 30 and expired > 0 and ended > 0, out
     assert re.search(r"update_last_activity p50 [\d.]+ ms, p99 [\d.]+ ms", out), out
+    chats = re.search(r"chats\s+([\d,]+) messages asked session_for_chat \(([\d,]+) times two at once\), "
+                      r"([\d,]+) sessions opened, ([\d,]+) reopened after the timeout", out)
+    assert chats is not None, out
+    messages, two_at_once, opened, _ = (int(group.replace(",", "")) for group in chats.groups())
+    assert messages > opened > 0 and two_at_once > 0, out
     assert re.search(rf"^check passed: {created:,} sessions, [\d,]+ messages match$", out, re.M), out
+    assert re.search(r"^check passed: [\d,]+ chats never had two active sessions at once, "
+                     r"[\d,]+ exchanges were never interleaved$", out, re.M), out
+
+
+async def test_demo_answers_in_the_chat_sessions_an_earlier_run_left_active(
+        postgres_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Run again with the same seed before the sessions expire: the same chats, their sessions found."""
+    options = DemoOptions(duration=1.5, users=10, timeout=60.0, seed=5)
+    assert await run_demo(options, postgres_url) == 0, capsys.readouterr().out
+    capsys.readouterr()
+
+    assert await run_demo(options, postgres_url) == 0
+
+    out = capsys.readouterr().out
+    assert re.search(r"^check passed: [\d,]+ sessions, [\d,]+ messages match, "
+                     r"and the rows of [1-9][\d,]* sessions of an earlier run$", out, re.M), out
 
 
 async def test_demo_check_reports_what_postgres_lacks(postgres_url: str) -> None:
@@ -52,19 +86,87 @@ async def test_demo_check_reports_what_postgres_lacks(postgres_url: str) -> None
     ledger = Ledger()
     async with open_runtime(config) as rt:
         session = ledger.created_session(await rt.create("u", "financeiro"))
-        ledger.appended(await rt.append_message(session.id, "user", "oi"), "user", "oi")
+        for role, content in (("user", question("oi", 1)), ("assistant", answer("olá", 1))):
+            ledger.appended(await rt.append_message(session.id, role, content), role, content)
     assert await check_store(postgres_url, config, ledger) == []
 
     newest = ledger.newest[session.id]
     ledger.observe(dataclasses.replace(newest, state="resolved", version=newest.version + 1))
-    ledger.messages[session.id].append(Message(2, "assistant", "olá", newest.last_activity))
+    ledger.messages[session.id].append(Message(3, "user", question("tchau", 2), newest.last_activity))
     problems = await check_store(postgres_url, config, ledger)
 
     assert sorted(problems) == [
-        f"session {session.id}: 1 messages stored, 2 acknowledged; first difference at position 2",
+        f"session {session.id}: 2 messages stored, 3 acknowledged; first difference at position 3",
         f"session {session.id}: stored row differs (acknowledged -> stored): "
-        "state: 'resolved' -> 'active'; version: 3 -> 2",
+        "state: 'resolved' -> 'active'; version: 4 -> 3",
     ]
+
+
+async def chat_sessions(ledger: Ledger) -> tuple[Session, Session]:
+    """Two sessions of one chat, the first ended: real snapshots, for the checks to be given doctored ones."""
+    async with open_runtime(RuntimeConfig(), store=MemoryStore()) as rt:
+        first = ledger.chat_session(await rt.session_for_chat("u", "max", "c", metadata={"run": ledger.run}))
+        ledger.observe(await rt.end(first.id))
+        second = ledger.chat_session(await rt.session_for_chat("u", "max", "c", metadata={"run": ledger.run}))
+    return ledger.newest[first.id], second
+
+
+async def test_demo_chat_check_reports_two_active_sessions_of_a_chat() -> None:
+    ledger = Ledger()
+    first, second = await chat_sessions(ledger)
+    assert second.id != first.id and ledger.created == {first.id, second.id}
+    assert chat_overlaps(ledger.sessions(), "acknowledged") == []
+
+    # Had the first one stayed active, the chat would have had two sessions at once.
+    still_active = dataclasses.replace(first, is_active=True, ended_at=None, end_reason=None)
+    assert chat_overlaps([second, still_active], "in PostgreSQL") == [
+        f"chat ('u', 'max', 'c'): two active sessions at once in PostgreSQL: {second.id} opened at "
+        f"{second.created_at.isoformat()}, while {first.id} (opened at {first.created_at.isoformat()}) "
+        f"was active until {first.expires_at.isoformat()}"]
+    # Another agent's or another user's session on the same chat is another conversation.
+    assert chat_overlaps([still_active, dataclasses.replace(second, agent="geral"),
+                          dataclasses.replace(second, id=uuid4(), user_id="v")], "acknowledged") == []
+
+
+async def test_demo_chat_check_lists_what_postgres_holds_active() -> None:
+    ledger = Ledger()
+    async with open_runtime(RuntimeConfig(), store=MemoryStore()) as rt:
+        held = ledger.chat_session(await rt.session_for_chat("u", "max", "c", metadata={"run": ledger.run}))
+        other = ledger.created_session(await rt.create("u", "max"))
+        assert await check_active_chats(rt, ledger) == ([], 1)
+
+        # A session the runtime acknowledged as ended must not be listed active.
+        ledger.observe(dataclasses.replace(other, is_active=False, end_reason="user_left",
+                                           version=other.version + 1))
+        assert await check_active_chats(rt, ledger) == (
+            [f"session {other.id}: active in PostgreSQL at the end, after the runtime acknowledged "
+             f"its end (user_left)"], 1)
+        assert held.id not in ledger.inherited
+
+
+def test_demo_turn_check_reports_interleaved_exchanges() -> None:
+    session = Session(
+        id=uuid4(), user_id="u", agent="max", chat_id="c", title=None, state="active", metadata={},
+        notes=(), is_active=True, message_count=0, created_at=AT, updated_at=AT, last_activity=AT,
+        expires_at=AT, ended_at=None, end_reason=None, version=1, timeout=60.0)
+
+    def messages(*tagged: tuple[str, int]) -> list[Message]:
+        return [Message(seq, role, question("oi", number) if role == "user" else answer("olá", number), AT)
+                for seq, (role, number) in enumerate(tagged, start=1)]
+
+    q1, a1, q2, a2 = ("user", 1), ("assistant", 1), ("user", 2), ("assistant", 2)
+    assert exchange_problems(session, messages(q1, a1, q2, a2)) == []
+    assert exchange_problems(session, messages(q1, q2, a1, a2)) == [
+        f"session {session.id}: message 2 (user: 'oi [m2]') should answer message 1 ('oi [m1]'): "
+        f"turns interleaved"]
+    assert exchange_problems(session, messages(q1, a2, q2, a1)) == [
+        f"session {session.id}: message 2 (assistant: 'olá [re m2]') should answer message 1 "
+        f"('oi [m1]'): turns interleaved"]
+    # A question may go unanswered only in a session that expired (during the exchange).
+    assert exchange_problems(session, messages(q1, a1, q2)) == [
+        f"session {session.id}: its last message 3 ('oi [m2]') has no answer, and the session did not expire"]
+    expired = dataclasses.replace(session, is_active=False, ended_at=AT, end_reason="expired")
+    assert exchange_problems(expired, messages(q1, a1, q2)) == []
 
 
 def test_migrate_needs_database_url(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],

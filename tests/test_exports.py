@@ -33,7 +33,7 @@ MEMBERS = {
     "SessionRuntime": {
         "create", "get", "update_last_activity", "update", "append_message", "context", "add_note",
         "end", "delete", "list", "cleanup_old_sessions", "flush", "subscribe", "metrics", "config",
-        "deadline", "health", "iter_sessions", "session_for_chat", "turn"},
+        "deadline", "health", "iter_sessions", "session_for_chat", "turn", "chat_turn"},
     "Subscription": {"receive", "dropped"},
     "Store": STORE_METHODS,
     "MemoryStore": STORE_METHODS,

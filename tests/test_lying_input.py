@@ -195,6 +195,12 @@ async def test_every_call_stores_what_it_checked(store_factory: Callable[[], Sto
         page = await rt.list(user_id=LyingStr("u1"), limit=LyingInt(1))
         assert len(page.items) == 1
         last = await rt.end(s.id, reason=LyingStr("done"), durable=True)
+        chat = await rt.session_for_chat(LyingStr("u1"), LyingStr("max"), LyingStr("c"), title=LyingStr("t"),
+                                         metadata=LyingDict(a=LyingStr("b")), timeout=LyingFloat(60.0))
+        assert (chat.user_id, chat.agent, chat.chat_id, chat.title) == ("u1", "max", "c", "t")
+        assert await rt.session_for_chat("u1", "max", "c") == chat
+        async with rt.turn(LyingUUID(int=chat.id.int), user_id=LyingStr("u1")) as held:
+            assert held == chat
     async with open_runtime(store=store) as rt:  # what PostgreSQL (or memory) holds
         got = await rt.get(s.id)
         assert got == last

@@ -17,6 +17,7 @@ caller's writes to a session are stored in the order it made them.
 
 from __future__ import annotations
 
+import itertools
 import signal
 import sys
 from collections import defaultdict
@@ -74,8 +75,10 @@ class Worker:
     """One child process and the lines it printed."""
 
     def __init__(self, name: str, ids: str, *, seconds: float = 6.0,
-                 flush_interval: float = SETTINGS["flush_interval"], durable_every: int = 3) -> None:
+                 flush_interval: float = SETTINGS["flush_interval"], durable_every: int = 3,
+                 script: str = WORKER) -> None:
         self.name = name
+        self.script = script
         self.args = [ids, str(flush_interval), str(durable_every)]
         self.seconds = seconds
         self.lines: list[str] = []
@@ -87,7 +90,7 @@ class Worker:
         self.stderr = errors / f"{self.name}.stderr"
         with self.stderr.open("wb") as stderr:
             self.process = await trio.lowlevel.open_process(
-                [sys.executable, "-c", WORKER, url, self.name, str(self.seconds), *self.args], stdout=-1,
+                [sys.executable, "-c", self.script, url, self.name, str(self.seconds), *self.args], stdout=-1,
                 stderr=stderr)
         assert self.process.stdout is not None
         buffer = b""
@@ -191,3 +194,86 @@ async def run_workers(url: str, config: RuntimeConfig, steady: list[Worker], res
             await rt.update(own, title="taken over", durable=True)
             await rt.append_message(own, "user", "test t 1", durable=True)
         frozen.process.send_signal(signal.SIGCONT)
+
+
+# Chats: each caller takes a chat's session and its turn for every message (chat_turn), appends
+# the question and the answer, and now and then ends the session (the next message opens one).
+CHAT_WORKER = f"""
+import random, sys, trio
+from trio_sessions import PostgresStore, RuntimeConfig, SessionError, open_runtime
+
+async def main(url, name, seconds, chats, flush_interval, _):
+    config = RuntimeConfig(**{{**{SETTINGS!r}, "flush_interval": flush_interval}})
+    rng = random.Random(name)
+    keys = [tuple(chat.split("/")) for chat in chats.split(",")]
+    async with open_runtime(config, store=PostgresStore(url, config)) as rt:
+        print("ready", flush=True)
+        end = trio.current_time() + seconds
+        made = 0
+
+        async def caller(k):
+            nonlocal made
+            while trio.current_time() < end:
+                key = rng.choice(keys)
+                made += 1
+                tag = f"{{name}}.{{k}}.{{made}}"
+                try:
+                    async with rt.chat_turn(*key) as session:
+                        print("open", "/".join(key), session.id, flush=True)
+                        await rt.append_message(session.id, "user", "q " + tag)
+                        print("ack", session.id, "q " + tag, flush=True)
+                        await trio.sleep(rng.uniform(0, 0.02))
+                        await rt.append_message(session.id, "assistant", "a " + tag)
+                        print("ack", session.id, "a " + tag, flush=True)
+                        if rng.random() < 0.1:
+                            await rt.end(session.id)
+                except SessionError as exc:
+                    print("error", type(exc).__name__, tag, exc, flush=True)
+
+        async with trio.open_nursery() as nursery:
+            for k in range(4):
+                nursery.start_soon(caller, k)
+    print("closed", flush=True)
+
+trio.run(main, sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4], float(sys.argv[5]), sys.argv[6])
+"""
+
+
+async def test_processes_agree_on_each_chats_session(postgres_url: str, tmp_path: Path) -> None:
+    """Three processes, four callers each, on six chats: one session per chat at a time, turns whole."""
+    keys = [(f"u{i % 3}", ("financeiro", "max")[i % 2], f"55119000000{i % 3}@c.us") for i in range(6)]
+    chats = ",".join("/".join(key) for key in keys)
+    workers = [Worker(name, chats, seconds=3.0, script=CHAT_WORKER) for name in ("a", "b", "c")]
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            for worker in workers:
+                nursery.start_soon(worker.run, postgres_url, tmp_path)
+    for worker in workers:
+        assert worker.process is not None and worker.process.returncode == 0, (
+            worker.name, worker.stderr.read_text()[-3000:])
+        assert worker.lines[-1] == "closed"
+        assert not worker.errors(), worker.errors()[:3]
+    acked = {(UUID(words[1]), " ".join(words[2:])) for worker in workers for line in worker.lines
+             if (words := line.split())[0] == "ack"}
+    opened = {(words[1], UUID(words[2])) for worker in workers for line in worker.lines
+              if (words := line.split())[0] == "open"}
+    store = PostgresStore(postgres_url)
+    async with store.connect():
+        rows = await store.load_sessions([session_id for _, session_id in opened])
+        stored: dict[UUID, list[str]] = {}
+        for session_id in rows:
+            messages = await store.load_messages(session_id, limit=10**6, up_to_seq=2**31 - 1)
+            stored[session_id] = [m.content for m in messages]
+    missing = acked - {(session_id, c) for session_id, contents in stored.items() for c in contents}
+    assert not missing, f"{len(missing)} acknowledged messages lost, e.g. {sorted(missing)[:3]}"
+    for key in keys:
+        sessions = sorted((rows[session_id] for chat, session_id in opened if chat == "/".join(key)),
+                          key=lambda s: s.created_at)
+        assert sum(s.is_active for s in sessions) <= 1, key
+        # One after the other: each ended before the next was opened (one machine's clock).
+        for before, after in itertools.pairwise(sessions):
+            assert before.ended_at is not None and before.ended_at <= after.created_at, (key, before, after)
+    for session_id, contents in stored.items():
+        # Turns whole, across processes: every question is followed by its own answer.
+        assert [c[2:] for c in contents[0::2]] == [c[2:] for c in contents[1::2]], (session_id, contents)
+    print(f"{len(opened)} chat sessions over {len(keys)} chats, {len(acked)} messages acknowledged")

@@ -15,6 +15,11 @@ StoreFactory = Callable[[], Store]
 Call = Callable[[SessionRuntime, uuid.UUID], Awaitable[Any]]
 
 NUL = "bad\x00value"
+
+
+async def _enter(manager: Any) -> None:
+    async with manager:
+        pass
 SURROGATE = "bad\ud800value"
 
 BAD_CALLS: list[tuple[str, str, Call]] = [
@@ -45,6 +50,15 @@ BAD_CALLS: list[tuple[str, str, Call]] = [
     ("timeout", "NaN", lambda rt, sid: rt.create("u", "max", timeout=math.nan)),
     ("timeout", "a string", lambda rt, sid: rt.create("u", "max", timeout="60")),  # type: ignore[arg-type]
     ("durable", "not a bool", lambda rt, sid: rt.create("u", "max", durable=1)),  # type: ignore[arg-type]
+    # a chat's session
+    ("chat_id", "None for a chat", lambda rt, sid: rt.session_for_chat("u", "max", None)),  # type: ignore[arg-type]
+    ("chat_id", "NUL chat", lambda rt, sid: rt.session_for_chat("u", "max", NUL)),
+    ("user_id", "chat of nobody", lambda rt, sid: rt.session_for_chat("", "max", "c")),
+    ("agent", "chat of no agent", lambda rt, sid: rt.session_for_chat("u", 7, "c")),  # type: ignore[arg-type]
+    ("metadata", "chat NaN", lambda rt, sid: rt.session_for_chat("u", "max", "c", metadata={"x": math.nan})),
+    ("timeout", "chat timeout", lambda rt, sid: rt.session_for_chat("u", "max", "c", timeout=0)),
+    ("session_id", "turn of no UUID", lambda rt, sid: _enter(rt.turn("nope"))),
+    ("user_id", "turn of NUL owner", lambda rt, sid: _enter(rt.turn(sid, user_id=NUL))),
     # session ids
     ("session_id", "not a UUID", lambda rt, sid: rt.get("not-a-uuid")),
     ("session_id", "an int", lambda rt, sid: rt.update_last_activity(12)),  # type: ignore[arg-type]

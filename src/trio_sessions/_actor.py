@@ -227,10 +227,10 @@ class SessionActor:
                 return self.apply(command, now)  # noqa: ASYNC910  as any command (_serve is the task)
             if flushed:
                 break
-            await host.writebehind.flush()  # what came before reaches the store first
+            # What came before reaches the store first. (Fenced meanwhile, the
+            # session is no longer owned here, and the place below says so.)
+            await host.writebehind.flush()
             flushed = True
-            if self.retired:  # the flush refused or fenced this session: it is read afresh
-                raise StoreUnavailable(f"session {self.id} was reloaded meanwhile: retry the call")
         try:
             holder = await host.chats.place(new)
         except SessionError as exc:

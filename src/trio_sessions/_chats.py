@@ -16,8 +16,9 @@ actor, which brings it here from its owner if need be, and flushes when the
 session has let the chat go; then it tries again.
 
 `session_for_chat` is served from memory when the chat's session is
-resident (the index below maps a chat to its resident session): no store
-call, no flush, no scan. Opening is serialised per chat within a runtime
+resident (the index below maps a chat to the session it last had, a hint
+checked against the session): no store call, no flush, no scan. A session
+opened here is made resident at once. Opening is serialised per chat within a runtime
 (`KeyedLocks`), so concurrent callers of one runtime wait for one opening
 rather than race to the store.
 
@@ -31,6 +32,7 @@ runtimes too.
 from __future__ import annotations
 
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Hashable, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, TypeVar
@@ -80,6 +82,11 @@ class KeyedLocks(Generic[K]):
             if not users[0]:
                 del self._locks[key]
 
+    def held_here(self, key: K) -> bool:
+        """Whether the current task holds `key`'s lock."""
+        entry = self._locks.get(key)
+        return entry is not None and entry[0].statistics().owner is trio.lowlevel.current_task()
+
     def __len__(self) -> int:
         return len(self._locks)
 
@@ -110,6 +117,7 @@ class ChatHost(Protocol):
 
     def check_open(self) -> None: ...
     def snapshot(self, session_id: UUID) -> Session | None: ...
+    def adopt(self, session: Session) -> None: ...
     def publish(self, kind: EventKind, session: Session) -> None: ...
     async def call(self, session_id: UUID, command: Any) -> Any: ...
 
@@ -117,19 +125,27 @@ class ChatHost(Protocol):
 class Chats:
     """This runtime's side of one active session per chat."""
 
-    def __init__(self, store: Store, host: ChatHost) -> None:
+    def __init__(self, store: Store, host: ChatHost, size: int) -> None:
         self._store = store
         self._host = host
-        #: Each chat's session, while it is resident here (see `forget`).
-        self._index: dict[ChatKey, UUID] = {}
+        #: The session each chat had when this runtime last saw it, the most
+        #: recently seen last, at most `size` chats. A hint, always checked
+        #: against the session itself: it spares a write the store would
+        #: refuse when the chat's session is not resident (passivated).
+        self._index: OrderedDict[ChatKey, UUID] = OrderedDict()
+        self._size = size
         self._opening: KeyedLocks[ChatKey] = KeyedLocks()
 
-    def forget(self, session: Session | None) -> None:
-        """The session's actor stopped: the index keeps resident sessions only (its size is bounded)."""
-        if session is not None and session.chat_id is not None:
-            key = (session.user_id, session.agent, session.chat_id)
-            if self._index.get(key) == session.id:
-                del self._index[key]
+    def remember(self, key: ChatKey, session_id: UUID) -> None:
+        index = self._index
+        index[key] = session_id
+        index.move_to_end(key)
+        if len(index) > self._size:
+            index.popitem(last=False)
+
+    def _forget(self, key: ChatKey, session_id: UUID) -> None:
+        if self._index.get(key) == session_id:
+            del self._index[key]
 
     # ------------------------------------------------------------------ calls
 
@@ -151,7 +167,6 @@ class Chats:
                 new = self._new(fields, seconds)
                 holder = await self.place_new(new)
                 if holder is None:
-                    self._index[key] = new.id
                     return new
                 session = await self._holding(holder, key)
                 if session is not None:
@@ -181,6 +196,8 @@ class Chats:
                 if await self._holding(exc.session_id, (exc.user_id, exc.agent, exc.chat_id)) is not None:
                     raise
                 continue
+            if (key := chat_key(result)) is not None:
+                self.remember(key, session_id)
             return result
         raise StoreUnavailable(f"the chat session {session_id} moves to kept changing hands; retry the call")
 
@@ -209,10 +226,9 @@ class Chats:
         except SessionNotFound:
             return None  # noqa: ASYNC910  deleted since; the failed call checkpointed
         if chat_key(session) == key:
-            self._index[key] = session_id
+            self.remember(key, session_id)
             return session
-        if self._index.get(key) == session_id:
-            del self._index[key]
+        self._forget(key, session_id)
         await host.writebehind.flush()
         return None
 
@@ -243,6 +259,10 @@ class Chats:
             host.deadlines.discard(session.id)
             return holder
         host.publish("created", session)
+        key = chat_key(session)
+        assert key is not None  # a session placed has a chat
+        self.remember(key, session.id)
+        host.adopt(session)  # resident: the chat's next message is answered from memory
         return None
 
     async def place(self, row: Session) -> UUID | None:

@@ -2,10 +2,14 @@
 
 Many users chat with the agents `financeiro`, `max` and `geral` through one
 runtime, on the PostgreSQL of `DATABASE_URL` or, without it, on the
-embedded server in its default data folder. After the runtime has closed
-(which flushes everything), a fresh `PostgresStore` reads back every
-session of the run and the check compares it with what the runtime
-acknowledged to the demo. `trio-sessions demo` runs it (`_cli.py`).
+embedded server in its default data folder: on their WhatsApp chat, where
+each message finds the chat's session (`session_for_chat`), or on the web,
+in a session of its own (`create`); each exchange holds the session's turn.
+At the end the runtime lists the active sessions (one per chat at most);
+after it has closed (which flushes everything), a fresh `PostgresStore`
+reads back every session of the run and the check compares it with what
+the runtime acknowledged to the demo (`_demo_ledger`). `trio-sessions demo`
+runs it (`_cli.py`).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 from uuid import UUID
@@ -21,7 +25,15 @@ from uuid import UUID
 import trio
 
 from ._config import RuntimeConfig
-from ._demo_ledger import Ledger, check_store, report_check
+from ._demo_ledger import (
+    Ledger,
+    answer,
+    chat_overlaps,
+    check_active_chats,
+    check_store,
+    question,
+    report_check,
+)
 from ._embedded import open_embedded_postgres
 from ._errors import SessionInactive, VersionConflict
 from ._metrics import MetricsSnapshot
@@ -49,11 +61,15 @@ TITLES: Final = {"financeiro": "Segunda via e pagamentos", "max": "Conversa com 
 #: "awaiting_payment" to "paid" behind the user's back (so versions conflict).
 NEXT_STATE: Final = {"active": "awaiting_payment", "awaiting_payment": "resolved", "paid": "resolved"}
 
+#: How often a user on a chat sends two messages at the same instant (two turns at once).
+TWO_AT_ONCE: Final = 0.2
+#: Times a message asks for the chat's session and finds it ended before it gives up (a problem).
+TURN_ATTEMPTS: Final = 3
+
 #: Seconds between progress lines.
 PROGRESS_EVERY: Final = 5.0
 #: The check's event subscription holds this many events, so that it never drops one.
 EVENT_BUFFER: Final = 1_000_000
-
 
 
 # ------------------------------------------------------------------ records
@@ -96,17 +112,58 @@ class Tally:
     #: Times a user's next call found the session expired (after going idle on purpose, or
     #: mid-conversation when the machine is too slow for the think times).
     found_expired: int = 0
+    #: Messages that arrived on a chat (each asked `session_for_chat`), and pairs sent at once.
+    chat_messages: int = 0
+    two_at_once: int = 0
+    #: Times a user came back to the chat after the timeout and was answered in a new session.
+    reopened: int = 0
+    #: Sessions of this run that hold a chat at the end, by the listing of active sessions.
+    active_chats: int = 0
 
 
 # --------------------------------------------------------------- simulation
 
 
+@dataclass(slots=True)
+class User:
+    """One simulated user: their random choices, their WhatsApp chat, the messages they sent."""
+
+    rng: random.Random
+    user_id: str
+    chat_id: str
+    #: Messages sent so far: the next one is numbered `sent + 1` (`_demo_ledger.question`).
+    sent: int = 0
+
+    def next_number(self) -> int:
+        self.sent += 1
+        return self.sent
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRoute:
+    """A conversation on a chat: the chat's key, and what a session opened for it gets."""
+
+    user_id: str
+    agent: str
+    chat_id: str
+    title: str | None
+    metadata: Mapping[str, str]
+
+
 class Simulation:
     """Users and a payment webhook driving one runtime until `options.duration` has passed.
 
-    Tasks stop on their own at the end (they never start a call after it and
-    their sleeps end at it), so no call is ever cancelled half-way and the
-    ledger knows the outcome of every call.
+    A conversation on WhatsApp is the chat's: every incoming message asks
+    `session_for_chat` for the chat's session (which opens one when the last
+    ended or expired), as a stateless orchestrator does; a conversation on the
+    web has a session of its own, from `create`. Every exchange (the user's
+    message, the prompt, the agent's answer) holds the session's turn
+    (`rt.turn`), and sometimes a user sends two messages at once, which are
+    answered one after the other.
+
+    Tasks stop on their own at the end (they never start an exchange after
+    it and their sleeps end at it), so no call is ever cancelled half-way and
+    the ledger knows the outcome of every call.
     """
 
     def __init__(self, rt: SessionRuntime, options: DemoOptions, ledger: Ledger, tally: Tally) -> None:
@@ -158,47 +215,144 @@ class Simulation:
     async def user(self, index: int) -> None:  # noqa: ASYNC910  a demo user that starts after the end does nothing, harmlessly
         """One user: conversations, one after another, until the end."""
         rng = random.Random(f"{self.options.seed}:{index}")
-        user_id = f"user-{index:05d}"
         chat_id = f"55{rng.randint(11, 99)}9{rng.randint(10_000_000, 99_999_999)}@c.us"
+        user = User(rng, f"user-{index:05d}", chat_id)
         while not self.over():
-            await self.conversation(rng, user_id, chat_id if rng.random() < 0.6 else None)
+            if rng.random() < 0.6:
+                await self.chat_conversation(user)
+            else:
+                await self.web_conversation(user)
 
-    async def conversation(self, rng: random.Random, user_id: str, chat_id: str | None) -> None:
-        """One session, from `create` until it is ended, expires, is abandoned or the demo ends."""
+    def opening(self, rng: random.Random, agent: str, channel: str) -> tuple[str | None, Mapping[str, str]]:
+        """The title and metadata of a session opened now (tagged with the run, `Ledger.run`)."""
+        title = TITLES[agent] if rng.random() < 0.7 else None
+        return title, {"channel": channel, "locale": "pt-BR", "run": self.ledger.run,
+                       "campaign": rng.choice(("none", "black-friday", "renegociacao"))}
+
+    async def web_conversation(self, user: User) -> None:
+        """One session of its own, from `create` until it is ended, expires, is abandoned or the demo ends."""
+        rng = user.rng
         agent = rng.choice(AGENTS)
+        title, metadata = self.opening(rng, agent, "web")
         session = self.ledger.created_session(await self.rt.create(
-            user_id, agent, chat_id=chat_id, title=TITLES[agent] if rng.random() < 0.7 else None,
-            metadata={"channel": "whatsapp" if chat_id else "web", "locale": "pt-BR",
-                      "campaign": rng.choice(("none", "black-friday", "renegociacao"))}))
+            user.user_id, agent, title=title, metadata=metadata))
         try:
-            for turn in range(1, rng.randint(2, 8) + 1):
-                if self.over():
+            for _ in range(rng.randint(2, 8)):
+                if not await self.sleep(rng.uniform(0.02, 0.4)):  # the user types
                     return
-                session = await self.turn(rng, session, turn)
-                if session.state == "resolved":
-                    self.ledger.observe(await self.rt.end(session.id, reason="resolved"))
-                    return
-            await self.leave(rng, session)
+                async with self.rt.turn(session.id) as session:
+                    session = await self.exchange(rng, self.ledger.observe(session), user.next_number())
+                if not session.is_active:
+                    return  # resolved
+            await self.leave(user, session, None)
         except SessionInactive:
             # Expired between two turns: only when the machine is too slow for the think times.
             self.tally.found_expired += 1
 
-    async def turn(self, rng: random.Random, session: Session, turn: int) -> Session:
-        """The user writes; the orchestrator builds a prompt; the agent may move the workflow, answers."""
-        await self.sleep(rng.uniform(0.02, 0.4))  # the user types
-        line = f"{rng.choice(USER_LINES[session.agent])} (#{turn})"
-        session = await self.append(session, "user", line)
+    async def chat_conversation(self, user: User) -> None:  # noqa: ASYNC910  at least two messages, each sleeps first
+        """A conversation on the user's chat with one agent: each message finds the chat's session.
+
+        Messages go through `chat_message`, which finds the session (or opens
+        one) for every message. Sometimes two arrive at the same instant.
+        The conversation is over when its session ends or expires, after a few
+        messages, or at the end of the demo.
+        """
+        rng = user.rng
+        agent = rng.choice(AGENTS)
+        title, metadata = self.opening(rng, agent, "whatsapp")
+        chat = ChatRoute(user.user_id, agent, user.chat_id, title, metadata)
+        session: Session | None = None
+        for _ in range(rng.randint(2, 8)):
+            if not await self.sleep(rng.uniform(0.02, 0.4)):  # the user types
+                return
+            if rng.random() < TWO_AT_ONCE:
+                session = await self.two_messages(user, chat)
+            else:
+                session = await self.chat_message(rng, user, chat)
+            if session is None or not session.is_active:
+                return  # expired mid-exchange, or resolved
+        if session is not None:
+            await self.leave(user, session, chat)
+
+    async def two_messages(self, user: User, chat: ChatRoute) -> Session | None:
+        """Two messages sent at the same instant: two turns at once, answered one after the other.
+
+        Returns the session of the later answer (None if it expired mid-exchange).
+        """
+        self.tally.two_at_once += 1
+        # Each message gets its own random choices, so that they do not depend on the scheduling.
+        seeds = (user.rng.getrandbits(64), user.rng.getrandbits(64))
+        answered: list[Session | None] = []
+
+        async def message(seed: int) -> None:
+            answered.append(await self.chat_message(random.Random(seed), user, chat))
+
+        async with trio.open_nursery() as nursery:
+            for seed in seeds:
+                nursery.start_soon(message, seed)
+        return answered[-1]
+
+    async def chat_message(self, rng: random.Random, user: User, chat: ChatRoute,
+                           text: str | None = None, *, gone: Session | None = None) -> Session | None:
+        """A message arrives on the chat: answer it in the chat's session, with its turn held.
+
+        The session is asked for every message (`session_for_chat`). If it
+        ended (or expired) while the message waited for its turn (the other
+        of two messages sent at once was the last one of its workflow), the
+        message goes to the chat's next session.
+
+        Args:
+            text: what the user writes; one of the agent's `USER_LINES` if None.
+            gone: the chat's session before the user went away for longer
+                than the timeout: it must not be answered again.
+
+        Returns:
+            The session after the answer; None if it expired during the exchange.
+        """
+        number = user.next_number()
+        self.tally.chat_messages += 1
+        for _ in range(TURN_ATTEMPTS):
+            found = self.ledger.chat_session(await self.rt.session_for_chat(
+                chat.user_id, chat.agent, chat.chat_id, title=chat.title, metadata=chat.metadata))
+            if gone is not None and found.id == gone.id:
+                self.ledger.problems.append(
+                    f"session {gone.id}: session_for_chat answered it at {found.last_activity.isoformat()}, "
+                    f"after it expired at {gone.expires_at.isoformat()}")
+            async with self.rt.turn(found.id) as session:
+                if not self.ledger.observe(session).is_active:
+                    continue  # it ended while this message waited for the turn: ask again
+                try:
+                    return await self.exchange(rng, session, number, text)
+                except SessionInactive:
+                    # Expired mid-exchange: only when the machine is too slow for the think times.
+                    self.tally.found_expired += 1
+                    return None
+        self.ledger.problems.append(f"chat {(chat.user_id, chat.agent, chat.chat_id)}: session_for_chat "
+                                    f"answered an inactive session {TURN_ATTEMPTS} times in a row")
+        return None  # noqa: ASYNC910  TURN_ATTEMPTS > 0 tries, each asked session_for_chat
+
+    async def exchange(self, rng: random.Random, session: Session, number: int,
+                       text: str | None = None) -> Session:
+        """One exchange, with the session's turn held by the caller.
+
+        The user's message arrives; the orchestrator builds a prompt; the
+        agent may move the workflow, answers; the session ends once resolved.
+        """
+        text = rng.choice(USER_LINES[session.agent]) if text is None else text
+        session = await self.append(session, "user", question(text, number))
         context = await self.rt.context(session.id)
         self.ledger.check_context(session.id, context, self.rt.config.max_messages)
         build_prompt(session, context)  # what a model would be sent (there is no model here)
         await self.sleep(rng.uniform(0.02, 0.4))  # the model thinks
         if rng.random() < 0.35:
             session = await self.advance_state(session)
-        session = await self.append(session, "assistant", rng.choice(AGENT_LINES))
+        session = await self.append(session, "assistant", answer(rng.choice(AGENT_LINES), number))
         session = self.ledger.observe(await self.rt.update_last_activity(session.id))  # delivery receipt
         if rng.random() < 0.15:
-            session = self.ledger.observe(await self.rt.add_note(session.id, f"turn {turn}: {line}"))
+            session = self.ledger.observe(await self.rt.add_note(session.id, f"answered: {text}"))
             self.tally.notes += 1
+        if session.state == "resolved":
+            session = self.ledger.observe(await self.rt.end(session.id, reason="resolved"))
         return session
 
     async def append(self, session: Session, role: str, content: str) -> Session:
@@ -223,24 +377,35 @@ class Simulation:
             self.awaiting[session.id] = None
         return self.ledger.observe(session)
 
-    async def leave(self, rng: random.Random, session: Session) -> None:  # noqa: ASYNC910  walking away is no call
+    async def leave(self, user: User, session: Session, chat: ChatRoute | None) -> None:  # noqa: ASYNC910  walking away is no call
         """End the conversation: say goodbye, go idle past the timeout, or just walk away."""
-        roll = rng.random()
+        roll = user.rng.random()
         if roll < 0.45:
-            self.ledger.observe(await self.rt.end(session.id, reason="user_left"))
+            async with self.rt.turn(session.id) as session:
+                self.ledger.observe(await self.rt.end(session.id, reason="user_left"))
         elif roll < 0.75:
-            await self.come_back_too_late(rng, session)
-        # else abandoned: it expires on its own while the user starts another conversation
+            await self.come_back_too_late(user, session, chat)
+        # else abandoned: it expires on its own, unless the user's next conversation on the chat
+        # is with the same agent (then session_for_chat answers with it)
 
-    async def come_back_too_late(self, rng: random.Random, session: Session) -> None:
-        """Stay away longer than the timeout, then write: the session must have expired."""
-        if not await self.sleep(self.options.timeout * rng.uniform(1.2, 1.6)) or self.over():
+    async def come_back_too_late(self, user: User, session: Session, chat: ChatRoute | None) -> None:
+        """Stay away longer than the timeout, then write: the session must have expired.
+
+        On the web the message is refused; on the chat it goes to a new session.
+        """
+        if not await self.sleep(self.options.timeout * user.rng.uniform(1.2, 1.6)) or self.over():
             return
-        try:
-            late = await self.append(session, "user", "Oi, ainda está aí?")
-        except SessionInactive:
-            self.tally.found_expired += 1
+        if chat is not None:
+            answered = await self.chat_message(user.rng, user, chat, "Oi, ainda está aí?", gone=session)
+            if answered is not None and answered.id != session.id:
+                self.tally.reopened += 1
             return
+        async with self.rt.turn(session.id) as current:
+            try:
+                late = await self.append(current, "user", question("Oi, ainda está aí?", user.next_number()))
+            except SessionInactive:
+                self.tally.found_expired += 1
+                return
         self.ledger.problems.append(
             f"session {session.id}: accepted a message at {late.last_activity.isoformat()}, "
             f"after it expired at {session.expires_at.isoformat()}")
@@ -298,7 +463,7 @@ def record_event(event: SessionEvent, ledger: Ledger, tally: Tally) -> None:
     session_id = event.session.id
     if event.kind == "created":
         ledger.announced.add(session_id)
-    elif session_id not in ledger.announced:
+    elif session_id not in ledger.announced and session_id not in ledger.inherited:
         return  # a session of an earlier run, expired by this runtime
     if event.kind == "expired":
         tally.expired += 1
@@ -341,9 +506,10 @@ async def run_demo(options: DemoOptions, url: str) -> int:
     async with trio.open_nursery() as nursery, open_runtime(config) as rt:
         events: Subscription = await nursery.start(watch_events, rt, ledger, tally)
         elapsed = await Simulation(rt, options, ledger, tally).run()
+        chat_problems, tally.active_chats = await check_active_chats(rt, ledger)
     metrics = rt.metrics()  # final: the runtime has flushed everything on the way out
     print_summary(elapsed, metrics, ledger, tally, config)
-    problems = list(ledger.problems)
+    problems = [*ledger.problems, *chat_problems, *chat_overlaps(ledger.sessions(), "acknowledged")]
     if events.dropped:
         problems.append(f"the event subscription dropped {events.dropped} events: the check cannot "
                         f"know the newest version of every session")
@@ -364,6 +530,8 @@ def print_summary(elapsed: float, metrics: MetricsSnapshot, ledger: Ledger, tall
     operations = total_operations(metrics)
     rows = metrics.flushed_sessions + metrics.flushed_messages
     touch = metrics.operations["update_last_activity"]
+    found = metrics.operations["session_for_chat"]
+    opened = sum(session.chat_id is not None for session in ledger.sessions() if session.id in ledger.created)
     earlier = metrics.expired - tally.expired
     print(f"summary after {elapsed:.1f} s:")
     print(f"  sessions    created {len(ledger.created):,}, expired {tally.expired:,}, "
@@ -371,6 +539,9 @@ def print_summary(elapsed: float, metrics: MetricsSnapshot, ledger: Ledger, tall
     print(f"  activity    {tally.messages:,} messages, {tally.notes:,} notes, "
           f"{tally.state_changes:,} state changes, {tally.conflicts:,} version conflicts, "
           f"{tally.found_expired:,} users came back to an expired session")
+    print(f"  chats       {tally.chat_messages:,} messages asked session_for_chat "
+          f"({tally.two_at_once:,} times two at once), {opened:,} sessions opened, "
+          f"{tally.reopened:,} reopened after the timeout, {tally.active_chats:,} held at the end")
     print(f"  operations  {operations:,} ({operations / elapsed:,.0f} per second)")
     print(f"  writes      {metrics.flush_batches:,} flush batches, {rows:,} rows "
           f"({metrics.flushed_sessions:,} sessions + {metrics.flushed_messages:,} messages), "
@@ -378,7 +549,8 @@ def print_summary(elapsed: float, metrics: MetricsSnapshot, ledger: Ledger, tall
     print(f"  actors      {metrics.passivations:,} passivations (max_resident {config.max_resident:,}), "
           f"{metrics.backpressure_waits:,} backpressure waits, {metrics.store_errors:,} store errors")
     print(f"  latency     update_last_activity p50 {touch.p50 * 1000:.3f} ms, "
-          f"p99 {touch.p99 * 1000:.3f} ms, max {touch.max * 1000:.3f} ms", flush=True)
+          f"p99 {touch.p99 * 1000:.3f} ms, max {touch.max * 1000:.3f} ms; "
+          f"session_for_chat p50 {found.p50 * 1000:.3f} ms, p99 {found.p99 * 1000:.3f} ms", flush=True)
 
 
 async def demo(options: DemoOptions) -> int:

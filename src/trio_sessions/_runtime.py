@@ -36,6 +36,8 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 MAX_PAGE: Final = 1000
+#: Sessions of one chat that `chat_turn` finds ended when their turn comes, before it gives up.
+_CHAT_TURN_ATTEMPTS: Final = 5
 _UNSET: Final[Any] = object()
 
 
@@ -205,14 +207,48 @@ class SessionRuntime:
         Raises:
             SessionNotFound: no such session, or it belongs to another user (the turn is not held).
 
+        A turn is not reentrant: a task that holds a session's turn and asks
+        for it again gets `InvalidArgument`.
+
         Cancellation: while waiting, nothing is held; leaving the block releases the turn.
         """
         sid = model.check_session_id(session_id)
         owner = _owner(user_id)
         self._sup.check_open()
+        if self._sup.turns.held_here(sid):
+            raise InvalidArgument("session_id", f"this task already holds the turn of session {sid}")
+        if owner is not None:
+            await self.get(sid, user_id=owner)  # another user's session: refused before any wait
         async with self._sup.turns.hold(sid):
             session = await self.get(sid, user_id=owner)
             yield session
+
+    @asynccontextmanager
+    async def chat_turn(
+            self, user_id: str, agent: str, chat_id: str, *, title: str | None = None,
+            state: str = "active", metadata: Mapping[str, Any] | None = None,
+            timeout: float | None = None,  # noqa: ASYNC109 - the session's, not the call's
+    ) -> AsyncIterator[Session]:
+        """`session_for_chat` and `turn` together: the chat's active session, its turn held for the block.
+
+        `async with rt.chat_turn(user_id, agent, chat_id) as session:` is an
+        orchestrator's handling of one incoming message: the session is
+        active when the block starts (one that ended while this call waited
+        for the turn is left for the chat's next session), and no other
+        turn on it runs until the block ends. End the session inside a turn
+        (as the answer to "thanks, bye"), and no other turn finds it ended
+        half-way. Arguments and errors are those of `session_for_chat` and
+        `turn`.
+        """
+        for _ in range(_CHAT_TURN_ATTEMPTS):
+            session = await self.session_for_chat(user_id, agent, chat_id, title=title, state=state,
+                                                  metadata=metadata, timeout=timeout)
+            async with self.turn(session.id) as current:
+                if current.is_active:
+                    yield current
+                    return
+        raise StoreUnavailable(f"chat {chat_id!r}: each of its last {_CHAT_TURN_ATTEMPTS} sessions ended "
+                               "before its turn came; retry the call")
 
     @_measured("get")
     async def get(self, session_id: UUID | str, *, user_id: str | None = None) -> Session:

@@ -62,7 +62,7 @@ class Supervisor:
         self.reads = ReadThrough(store, self.writebehind, self.retry)
         self.events = EventHub(self.counters)
         self.expiry = ExpiryEngine(self)
-        self.chats = Chats(store, self)
+        self.chats = Chats(store, self, size=config.max_resident)
         #: The turns held on sessions (`SessionRuntime.turn`); a hand-off waits for one to end.
         self.turns: KeyedLocks[UUID] = KeyedLocks()
         self._actors: OrderedDict[UUID, SessionActor] = OrderedDict()
@@ -140,7 +140,6 @@ class Supervisor:
         actor.retired = True
         if self._actors.get(actor.id) is actor:
             del self._actors[actor.id]
-        self.chats.forget(actor.session)
         if actor.busy:
             actor.stopped = trio.Event()
             self._retiring[actor.id] = actor
@@ -242,6 +241,14 @@ class Supervisor:
         if not recently_used:  # an actor started only for the runtime goes first when room is needed
             self._actors.move_to_end(session_id, last=False)
         return actor  # its task starts with the first command posted (it loads first)
+
+    def adopt(self, session: Session) -> None:
+        """Make a session this runtime just wrote through resident, loaded as written (no store read)."""
+        if session.id in self._actors or session.id in self._retiring:
+            return
+        actor = self._activate(session.id)
+        actor.session = session
+        actor.deadline = self.clock.to_trio(session.expires_at)
 
     def snapshot(self, session_id: UUID) -> Session | None:
         """The resident actor's latest snapshot, if there is one and it cannot be overdue."""

@@ -22,7 +22,7 @@ SESSION_COLUMNS: Final = (
 # writers harmless (a row only ever moves to a newer version). A new row is
 # inserted with its owner ($19, the writing instance) and epoch; an update
 # leaves them: the batch took the row's lock and checked them (LOCK_FOR_WRITE).
-UPSERT_SESSIONS: Final = f"""
+_INSERT_SESSIONS: Final = f"""
 INSERT INTO sessions ({SESSION_COLUMNS}, owner, owner_epoch)
 SELECT id, user_id, agent, chat_id, title, state, metadata::jsonb, notes::jsonb, is_active,
        message_count, created_at, updated_at, last_activity, expires_at, ended_at, end_reason,
@@ -32,7 +32,8 @@ FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text
             $13::timestamptz[], $14::timestamptz[], $15::timestamptz[], $16::text[], $17::bigint[],
             $18::float8[], $20::bigint[])
      AS row ({SESSION_COLUMNS}, owner_epoch)
-ON CONFLICT (id) DO UPDATE SET
+"""
+UPSERT_SESSIONS: Final = _INSERT_SESSIONS + """ON CONFLICT (id) DO UPDATE SET
     user_id = EXCLUDED.user_id, agent = EXCLUDED.agent, chat_id = EXCLUDED.chat_id,
     title = EXCLUDED.title, state = EXCLUDED.state, metadata = EXCLUDED.metadata,
     notes = EXCLUDED.notes, is_active = EXCLUDED.is_active,
@@ -59,6 +60,12 @@ CHAT_HOLDER: Final = """
 SELECT id FROM sessions
 WHERE user_id = $1 AND agent = $2 AND chat_id = $3 AND is_active AND chat_id IS NOT NULL AND id <> $4
 """
+
+# A new session placed (Store.place): inserted unless its chat is held (or its id is
+# stored: a retry whose first try committed); neither is an error, so neither aborts
+# a transaction nor writes an ERROR to the server's log. RETURNING says which.
+INSERT_NEW_SESSION: Final = _INSERT_SESSIONS + "ON CONFLICT DO NOTHING RETURNING id"
+SESSION_STORED: Final = "SELECT 1 FROM sessions WHERE id = $1"
 
 # Rows changed only by activity (WriteBatch.touched): five columns, not
 # eighteen, under the same version guard; a row not stored stays missing.

@@ -186,33 +186,56 @@ class PostgresStore:
         return tuple(fenced)
 
     async def place(self, row: Session, instance: UUID, epoch: int, *, created: bool) -> UUID | None:
-        """Write one row now, as `write` does (fenced); the chat's holder instead if it has one.
+        """Write one row now, fenced as `write` does; the chat's holder instead if it has one.
 
-        The unique index `sessions_chat_active_idx` decides: two places racing
-        for one chat in two processes both try, and the second waits for the
-        first's commit and then fails. Its holder is read right after; if it
-        ended in between (nothing holds the chat any more) the write is tried
-        again, a few times.
+        The unique index `sessions_chat_active_idx` decides: of two places
+        racing for one chat in two processes, the second waits for the
+        first's commit and finds the chat held. A new session is inserted
+        with `ON CONFLICT DO NOTHING` (a chat found held is an answer, not an
+        error); a stored one is written as a batch of one, whose violation
+        of the index is the answer. The holder is read right after; if it
+        ended in between (nothing holds the chat any more), the write is
+        tried again, a few times.
 
         Raises:
             SessionMoved: fenced (another owner, or another epoch).
             StoreUnavailable: a transient failure, or a chat that kept changing hands.
         """
-        batch = WriteBatch((row,), (), (), owner=instance, epochs={row.id: epoch},
-                           created=frozenset({row.id}) if created else frozenset())
         db = self._connected()
+        batch = WriteBatch((row,), (), (), owner=instance, epochs={row.id: epoch})
         for _ in range(3):
-            try:
-                fenced = await self.write(batch)
-            except ChatTaken:
-                holder = await db.fetchrow(sql.CHAT_HOLDER, row.user_id, row.agent, row.chat_id, row.id)
-                if holder is None:  # it ended between the two statements: nobody holds the chat now
-                    continue
+            if created:
+                if await self._insert_new(row, instance, epoch):
+                    return None
+            else:
+                try:
+                    fenced = await self.write(batch)
+                except ChatTaken:
+                    pass
+                else:
+                    if fenced:
+                        raise SessionMoved(f"session {row.id} is not this runtime's to write (another one "
+                                           "took it)")
+                    return None
+            holder = await db.fetchrow(sql.CHAT_HOLDER, row.user_id, row.agent, row.chat_id, row.id)
+            if holder is not None:
                 return holder[0]  # type: ignore[no-any-return]
-            if fenced:
-                raise SessionMoved(f"session {row.id} is not this runtime's to write (another one took it)")
-            return None
+            if created and await db.fetchrow(sql.SESSION_STORED, row.id) is not None:
+                return None  # a retry: the first try had committed it
+            # It ended between the two statements: nobody holds the chat now.
         raise StoreUnavailable(f"the chat of session {row.id} kept changing hands; retry the call")
+
+    async def _insert_new(self, row: Session, instance: UUID, epoch: int) -> bool:
+        """Insert a new session unless its chat is held; whether it was inserted."""
+        inserted: list[rows.Row] = []
+
+        def keep(found: Sequence[rows.Row]) -> Iterator[Statement]:
+            inserted.extend(found)
+            return iter(())
+
+        columns = [*rows.session_columns([row]), instance, [epoch]]
+        await self._connected().locked_transaction((sql.INSERT_NEW_SESSION, columns), keep)
+        return bool(inserted)
 
     async def list(self, query: ListQuery) -> list[Session]:
         """Up to `query.limit` sessions matching the filters, newest first.

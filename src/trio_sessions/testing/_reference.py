@@ -12,7 +12,10 @@ does whether its expiry task got there first or not. Reads of context and
 hard deletes do not check liveness.
 
 The linearizability checker (`_history.py`) uses the same `apply` function on
-one session's `ModelState` at a time.
+one session's `ModelState` at a time. A chat couples sessions (at most one
+active session per `(user_id, agent, chat_id)`): `SessionModel` answers for
+that, across its sessions (`session_for_chat`, and the `ChatSessionExists`
+of `create` and `update`); `apply` alone does not.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from .. import _model as checks
 from .._clock import Clock
 from .._config import RuntimeConfig
 from .._errors import (
+    ChatSessionExists,
     InvalidArgument,
     SessionError,
     SessionInactive,
@@ -224,9 +228,36 @@ class SessionModel:
             key = checks.check_session_id(call.session_id)
         state = self.states.get(key, ABSENT) if key is not None else ABSENT
         new_state, result = apply(state, call, now, self.config, self.clock, new_id=new_id)
+        if isinstance(result, Session) and isinstance(call, Create | Update):
+            chat = _chat_of(result)
+            before = state.session if state.exists else None
+            if chat is not None and (before is None or _chat_of(expire_due(state, now, self.clock).session)
+                                     != chat):
+                holder = self.chat_holder(*chat, now=now)
+                if holder is not None and holder.id != result.id:
+                    raise ChatSessionExists(*chat, holder.id)
         if key is not None:
             self.states[key] = new_state
         return result
+
+    def chat_holder(self, user_id: str, agent: str, chat_id: str, *, now: float) -> Session | None:
+        """The session that has the chat at `now` (active, not overdue), if any."""
+        for session_id in self.states:
+            session = self.state_at(session_id, now).session
+            if session is not None and _chat_of(session) == (user_id, agent, chat_id) \
+                    and self.states[session_id].exists:
+                return session
+        return None
+
+    def session_for_chat(self, user_id: Any, agent: Any, chat_id: Any, *, session_id: UUID, now: float,
+                         **kwargs: Any) -> Session:
+        """The chat's session at `now`, or a new one with id `session_id` (`create`'s other arguments)."""
+        checks.check_text("chat_id", chat_id, max_chars=checks.MAX_ID_CHARS)
+        validate(Create(user_id, agent, chat_id=chat_id, **kwargs), self.config)
+        holder = self.chat_holder(user_id, agent, chat_id, now=now)
+        if holder is not None:
+            return holder
+        return self.create(user_id, agent, chat_id=chat_id, session_id=session_id, now=now, **kwargs)
 
     def state_at(self, session_id: UUID, now: float) -> ModelState:
         """A session's state at `now`, with expiry applied if its deadline passed."""
@@ -275,6 +306,12 @@ class SessionModel:
         self.call(Delete(session_id), now)
 
 
+def _chat_of(session: Session | None) -> tuple[str, str, str] | None:
+    if session is None or session.chat_id is None or not session.is_active:
+        return None
+    return session.user_id, session.agent, session.chat_id
+
+
 def same_outcome(expected: Any, actual: Any) -> bool:
     """Whether two outcomes (a value, or a raised `SessionError`) are the same answer."""
     if isinstance(expected, SessionError) or isinstance(actual, SessionError):
@@ -283,6 +320,9 @@ def same_outcome(expected: Any, actual: Any) -> bool:
         if isinstance(expected, VersionConflict):
             assert isinstance(actual, VersionConflict)
             return (expected.expected, expected.actual) == (actual.expected, actual.actual)
+        if isinstance(expected, ChatSessionExists):
+            assert isinstance(actual, ChatSessionExists)
+            return expected.session_id == actual.session_id
         if isinstance(expected, SessionInactive):
             assert isinstance(actual, SessionInactive)
             # "expired" and "resolved" are different answers: the reason is the answer.
