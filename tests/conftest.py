@@ -21,8 +21,9 @@ import pytest
 import trio
 from hypothesis import HealthCheck, Phase, settings
 
+from trio_sessions._memory import MemoryStore
 from trio_sessions._postgres import PostgresStore, create_database, drop_database
-from trio_sessions._store import MemoryStore, Store
+from trio_sessions._store import Store
 
 # Hypothesis profiles: "ci" keeps the suite within its time budget; "deep" runs
 # thousands of examples on demand (HYPOTHESIS_PROFILE=deep python -m pytest

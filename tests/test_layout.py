@@ -23,7 +23,7 @@ RANKS = {
     "_model": 1, "_metrics": 1, "_migrations": 1, "_health": 1,
     "_cursor": 2, "_config": 2,
     "_store": 3,
-    "_postgres": 4, "_embedded": 4,
+    "_postgres": 4, "_embedded": 4, "_memory": 4,
     "_retry": 5,
     "_writebehind": 6,
     "_readthrough": 7,

@@ -16,6 +16,7 @@ from ._errors import StoreUnavailable as StoreUnavailable
 from ._errors import VersionConflict as VersionConflict
 from ._errors import WriteRejected as WriteRejected
 from ._health import Health as Health
+from ._memory import MemoryStore as MemoryStore
 from ._metrics import MetricsSnapshot as MetricsSnapshot
 from ._metrics import OperationStats as OperationStats
 from ._model import Message as Message
@@ -29,7 +30,6 @@ from ._runtime import open_runtime as open_runtime
 from ._store import Acquired as Acquired
 from ._store import Busy as Busy
 from ._store import ListQuery as ListQuery
-from ._store import MemoryStore as MemoryStore
 from ._store import Store as Store
 from ._store import WriteBatch as WriteBatch
 from ._subscriptions import Subscription as Subscription

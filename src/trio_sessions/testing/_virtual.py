@@ -9,8 +9,9 @@ import trio
 import trio.testing
 
 from .._config import RuntimeConfig
+from .._memory import MemoryStore
 from .._runtime import SessionRuntime, open_runtime
-from .._store import MemoryStore, Store
+from .._store import Store
 
 T = TypeVar("T")
 
