@@ -39,6 +39,11 @@ settings.register_profile(
 settings.register_profile(
     "deep", max_examples=3000, deadline=None, print_blob=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+# "find": the ci examples without shrinking, for a failure's first report at once.
+settings.register_profile(
+    "find", max_examples=30, deadline=None, print_blob=True,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 

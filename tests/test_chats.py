@@ -265,6 +265,7 @@ def _row(**fields: Any) -> Session:
 
 async def test_place_inserts_finds_the_holder_and_fences(store_factory: StoreFactory) -> None:
     from dataclasses import replace
+    from datetime import timedelta
     from uuid import uuid4
 
     store = store_factory()
@@ -272,8 +273,8 @@ async def test_place_inserts_finds_the_holder_and_fences(store_factory: StoreFac
     async with store.connect():
         await store.register(me, 30.0)
         first = _row(user_id=CHAT[0], agent=CHAT[1], chat_id=CHAT[2])
-        assert await store.place(first, me, 1, created=True) is None
-        assert await store.place(first, me, 1, created=True) is None  # a retry
+        assert await store.place(first, me, 1, created=True) == first
+        assert await store.place(first, me, 1, created=True) == first  # a retry
         second = _row(user_id=CHAT[0], agent=CHAT[1], chat_id=CHAT[2])
         assert await store.place(second, me, 1, created=True) == first.id
         assert await store.load(second.id, messages=0) is None
@@ -281,9 +282,17 @@ async def test_place_inserts_finds_the_holder_and_fences(store_factory: StoreFac
             await store.place(replace(first, title="x", version=2), other, 1, created=False)
         with pytest.raises(SessionMoved):  # not stored, and not a creation
             await store.place(second, me, 1, created=False)
-        ended = replace(first, is_active=False, end_reason="ended", version=2)
-        assert await store.place(ended, me, 1, created=False) is None
-        assert await store.place(second, me, 1, created=True) is None
+        ended = replace(first, is_active=False, end_reason="ended", version=2,
+                        ended_at=first.created_at + timedelta(seconds=5))
+        assert await store.place(ended, me, 1, created=False) == ended
+        # Dated before the end of its chat's last session (its write waited for that end): moved past it.
+        placed = await store.place(second, me, 1, created=True)
+        assert isinstance(placed, Session) and placed.id == second.id
+        assert placed.created_at == ended.ended_at + timedelta(microseconds=1)
+        assert placed.expires_at - placed.created_at == second.expires_at - second.created_at
+        loaded = await store.load(second.id, messages=0)
+        assert loaded is not None and loaded[0] == placed
+        second = placed
         # A plain write that would leave two active sessions on the chat is refused whole.
         third = _row(user_id=CHAT[0], agent=CHAT[1], chat_id=CHAT[2])
         with pytest.raises(ChatTaken):
@@ -320,7 +329,7 @@ async def test_migration_ends_all_but_the_latest_duplicate(postgres_url: str) ->
     for session_id, age in zip(ids[:3], (3, 1, 2), strict=True):
         await fetchval_once(postgres_url, _INSERT_AS_SCHEMA_3, session_id, *CHAT, now - timedelta(hours=age))
     await fetchval_once(postgres_url, _INSERT_AS_SCHEMA_3, ids[3], CHAT[0], "max", CHAT[2], now)
-    assert await migrate(postgres_url, migrations, 10.0) == ["0004_one_session_per_chat.sql"]
+    assert (await migrate(postgres_url, migrations, 10.0))[0] == "0004_one_session_per_chat.sql"
     store = PostgresStore(postgres_url)
     async with store.connect():
         assert await active_sessions_of(store, CHAT) == [ids[1]]
@@ -355,3 +364,24 @@ async def test_a_turn_refuses_another_user_at_once_and_is_not_reentrant(autojump
                     pass
         async with rt.chat_turn(*CHAT) as again:  # released: free again
             assert again.id == session.id
+
+
+async def test_a_read_while_a_chat_move_is_written_waits_for_it(autojump_clock: MockClock) -> None:
+    """The moved snapshot is dated before its write returns: from then on it is the session."""
+    store = FaultyStore(MemoryStore(), latency=(0.1, 0.1))
+    async with open_runtime(CONFIG, store=store) as rt:
+        session = await rt.create(*CHAT[:2], chat_id=CHAT[2])
+        await rt.append_message(session.id, "user", "oi")  # resident, with a change to flush first
+        actor = rt._sup.resident(session.id)
+        assert actor is not None
+        moved: list[Session] = []
+
+        async def move() -> None:
+            moved.append(await rt.update(session.id, chat_id="5511888880000@c.us"))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(move)
+            while not actor.writing:  # noqa: ASYNC110  a state with no event of its own; virtual time
+                await trio.sleep(0.01)
+            seen = await rt.get(session.id)
+        assert seen == moved[0]

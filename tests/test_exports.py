@@ -17,14 +17,14 @@ PUBLIC = {
     "Health",
     # For several runtimes on one store: the error of a durable caller whose session another
     # runtime took over, and what the Store protocol's ownership calls return.
-    "SessionMoved", "Acquired", "Busy", "ChatSessionExists",
+    "SessionMoved", "Acquired", "Busy", "ChatSessionExists", "Joined",
 }
 
 STORE_METHODS = {"connect", "load", "load_messages", "load_sessions", "live_deadlines", "write", "list",
                  "health_check",
                  # ownership
                  "register", "renew", "leave", "acquire", "claim", "free_deadlines", "request_handoff",
-                 "handoff_requests", "grant", "drop_handoff", "wait_for_notice",
+                 "handoff_requests", "grant", "drop_handoff", "wait_for_notice", "unaware",
                  # one active session per chat
                  "place"}
 #: The public members of each public class that is not a plain record: the API and nothing else

@@ -209,3 +209,25 @@ async def test_a_call_made_as_a_paused_runtime_wakes_up_waits_for_the_rejoin(
             found = await a.update(session.id, title="after the pause", durable=True)
         assert found.title == "after the pause"
         assert a.metrics().lease_lapses == 1
+
+
+async def test_a_create_is_found_by_another_runtime_when_it_returns(autojump_clock: MockClock) -> None:
+    store = MemoryStore()
+    slow = RuntimeConfig(flush_interval=60.0)  # only what must be flushed is flushed
+    async with open_runtime(slow, store=store) as a:
+        alone = await a.create("u", "geral")  # written behind: a is alone on the store
+        assert await store.load(alone.id, messages=0) is None
+        started = trio.current_time()
+        async with open_runtime(slow, store=store) as b:
+            # b acknowledged nothing until a had flushed what it created alone and said it is shared.
+            assert trio.current_time() - started <= CONFIG.lease_renew_interval + 0.5
+            assert (await b.get(alone.id)).id == alone.id
+            for runtime, other in ((a, b), (b, a)):
+                made = await runtime.create("u", "max")  # committed before it returns (with others)
+                assert await store.load(made.id, messages=0) is not None
+                found = await other.append_message(made.id, "user", "oi")
+                assert found.message_count == 1
+        await trio.sleep(CONFIG.lease_renew_interval * 2)  # a renews, alone again
+        assert not a._sup.ownership.shared
+        back = await a.create("u", "geral")
+        assert await store.load(back.id, messages=0) is None  # written behind again

@@ -338,7 +338,7 @@ async def test_the_lease_connection_takes_overlapping_calls_one_at_a_time(postgr
         instances = [uuid4() for _ in range(3)]
         for instance in instances:
             await store.register(instance, 30.0)
-        renewed: list[bool] = []
+        renewed: list[int | None] = []
 
         async def renew(instance: object) -> None:
             renewed.append(await store.renew(instance, 30.0))  # type: ignore[arg-type]
@@ -348,5 +348,21 @@ async def test_the_lease_connection_takes_overlapping_calls_one_at_a_time(postgr
                 nursery.start_soon(renew, instance)
             nursery.start_soon(store.leave, instances[0])
         assert len(renewed) == 12
-        assert not await store.renew(instances[0], 30.0)  # it left: final
-        assert await store.renew(instances[1], 30.0)
+        assert await store.renew(instances[0], 30.0) is None  # it left: final
+        assert await store.renew(instances[1], 30.0) == 1  # instances[2] is live too
+
+
+async def test_a_create_in_one_process_is_found_by_another_when_it_returns(postgres_url: str) -> None:
+    """Two runtimes on two pools of one database: b starts once a has flushed what it made alone."""
+    from trio_sessions import PostgresStore as Store
+    from trio_sessions import open_runtime
+
+    config = RuntimeConfig(flush_interval=30.0, lease_renew_interval=0.5)  # nothing flushes by itself
+    async with open_runtime(config, store=Store(postgres_url, config)) as a:
+        alone = await a.create("u", "geral")
+        async with open_runtime(config, store=Store(postgres_url, config)) as b:
+            assert (await b.get(alone.id)).id == alone.id
+            made = await a.create("u", "max")  # with b live: committed before it returns
+            assert (await b.append_message(made.id, "user", "oi")).message_count == 1
+            again = await b.create("u", "max")
+            assert (await a.get(again.id)).id == again.id

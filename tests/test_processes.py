@@ -219,14 +219,16 @@ async def main(url, name, seconds, chats, flush_interval, _):
                 tag = f"{{name}}.{{k}}.{{made}}"
                 try:
                     async with rt.chat_turn(*key) as session:
-                        print("open", "/".join(key), session.id, flush=True)
+                        print("open", "/".join(key), session.id, session.version,
+                              session.created_at.isoformat(), flush=True)
                         await rt.append_message(session.id, "user", "q " + tag)
                         print("ack", session.id, "q " + tag, flush=True)
                         await trio.sleep(rng.uniform(0, 0.02))
                         await rt.append_message(session.id, "assistant", "a " + tag)
                         print("ack", session.id, "a " + tag, flush=True)
                         if rng.random() < 0.1:
-                            await rt.end(session.id)
+                            ended = await rt.end(session.id)
+                            print("end", session.id, ended.version, ended.ended_at.isoformat(), flush=True)
                 except SessionError as exc:
                     print("error", type(exc).__name__, tag, exc, flush=True)
 
@@ -272,6 +274,11 @@ async def test_processes_agree_on_each_chats_session(postgres_url: str, tmp_path
         assert sum(s.is_active for s in sessions) <= 1, key
         # One after the other: each ended before the next was opened (one machine's clock).
         for before, after in itertools.pairwise(sessions):
+            if not (before.ended_at is not None and before.ended_at <= after.created_at):
+                for worker in workers:  # what each process saw of the two, for the report
+                    for line in worker.lines:
+                        if str(before.id) in line or str(after.id) in line:
+                            print(worker.name, line)
             assert before.ended_at is not None and before.ended_at <= after.created_at, (key, before, after)
     for session_id, contents in stored.items():
         # Turns whole, across processes: every question is followed by its own answer.

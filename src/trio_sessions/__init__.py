@@ -29,6 +29,7 @@ from ._runtime import SessionRuntime as SessionRuntime
 from ._runtime import open_runtime as open_runtime
 from ._store import Acquired as Acquired
 from ._store import Busy as Busy
+from ._store import Joined as Joined
 from ._store import ListQuery as ListQuery
 from ._store import Store as Store
 from ._store import WriteBatch as WriteBatch
@@ -38,7 +39,8 @@ from ._subscriptions import Subscription as Subscription
 _logger.disable("trio_sessions")
 
 __all__ = [
-    "Acquired", "Busy", "ChatSessionExists", "ConfigurationError", "Health", "InvalidArgument", "ListQuery",
+    "Acquired", "Busy", "ChatSessionExists", "ConfigurationError", "Health", "InvalidArgument", "Joined",
+    "ListQuery",
     "MemoryStore",
     "Message", "MetricsSnapshot", "Note", "OperationStats", "Overloaded", "Page", "PostgresStore",
     "RuntimeClosed", "RuntimeConfig",

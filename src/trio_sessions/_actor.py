@@ -137,6 +137,7 @@ class SessionActor:
         "retired",
         "session",
         "stopped",
+        "writing",
     )
 
     def __init__(self, session_id: UUID, host: ActorHost, predecessor: Predecessor | None,
@@ -156,6 +157,9 @@ class SessionActor:
         self.retired = False
         #: Set when a busy actor retires; fires when its task has ended.
         self.stopped: trio.Event | None = None
+        #: A change is being written through (`write_through`): its snapshot is
+        #: not published yet, so reads must queue behind it, not read `session`.
+        self.writing = False
         self._mailbox: deque[tuple[Command[Any], Reply[Any]]] | None = None  # None while empty, idle
         self._room: trio.lowlevel.ParkingLot | None = None  # posters waiting for mailbox room
         self._host = host
@@ -231,15 +235,19 @@ class SessionActor:
             # session is no longer owned here, and the place below says so.)
             await host.writebehind.flush()
             flushed = True
+        # From the instant `new` is dated, it is the session: a read must wait for it.
+        self.writing = True
         try:
-            holder = await host.chats.place(new)
+            placed = await host.chats.place(new)
         except SessionError as exc:
             # Stored or not, nobody can tell: the commands queued behind are
             # refused, and the next actor reads the session as it is stored.
             self._refuse_all(StoreUnavailable(f"session {self.id}: {exc}; retry the call"))
             raise
-        if holder is not None:
-            raise ChatSessionExists(*key, holder)
+        finally:
+            self.writing = False
+        if not isinstance(placed, Session):
+            raise ChatSessionExists(*key, placed)
         self.session = new
         host.publish("updated", new)
         return new, None

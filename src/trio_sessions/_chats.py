@@ -43,12 +43,13 @@ import trio
 from . import _transitions as transitions
 from ._commands import Read, Update
 from ._errors import ChatSessionExists, SessionNotFound, StoreUnavailable
+from ._model import Session
 from ._store import ChatKey, Store, chat_key
 
 if TYPE_CHECKING:
     from ._clock import Clock
     from ._deadlines import DeadlineQueue
-    from ._model import EventKind, Session
+    from ._model import EventKind
     from ._retry import Retry
     from ._writebehind import WriteBehind
 
@@ -164,11 +165,10 @@ class Chats:
                     session = await self._holding(known, key)
                     if session is not None:
                         return session
-                new = self._new(fields, seconds)
-                holder = await self.place_new(new)
-                if holder is None:
-                    return new
-                session = await self._holding(holder, key)
+                placed = await self.place_new(self._new(fields, seconds))
+                if isinstance(placed, Session):
+                    return placed
+                session = await self._holding(placed, key)
                 if session is not None:
                     return session
         raise _contended(key)
@@ -179,12 +179,11 @@ class Chats:
         host.check_open()
         await trio.lowlevel.checkpoint()
         for _ in range(ATTEMPTS):
-            new = self._new(fields, seconds)
-            holder = await self.place_new(new)
-            if holder is None:
-                return new
-            if await self._holding(holder, key) is not None:
-                raise ChatSessionExists(*key, holder)
+            placed = await self.place_new(self._new(fields, seconds))
+            if isinstance(placed, Session):
+                return placed
+            if await self._holding(placed, key) is not None:
+                raise ChatSessionExists(*key, placed)
         raise _contended(key)
 
     async def update(self, session_id: UUID, command: Update) -> Session:
@@ -238,14 +237,14 @@ class Chats:
         _, expires_at = clock.deadline_after(wall, seconds)
         return transitions.created(uuid.uuid4(), fields, seconds, wall, expires_at)
 
-    async def place_new(self, session: Session) -> UUID | None:
-        """Write a new session through to the store; the chat's holder instead, if it has one.
+    async def place_new(self, session: Session) -> Session | UUID:
+        """Write a new session through to the store: the session as stored, or the chat's holder.
 
         The session is this runtime's (epoch 1) and queued for expiry before
         the row is visible, so that a hand-off request finds it owned. If the
-        write fails (or is cancelled) its outcome is unknown: the session
-        stays owned and queued, and its expiry finds out (a session that was
-        not stored is dropped from the queue when it is not found).
+        write fails (or is cancelled) its outcome is unknown, and nobody
+        knows the session's id: the call raises and a hard delete of it is
+        left to the write-behind, so that in the end it was not created.
         """
         host = self._host
         ownership = host.ownership
@@ -253,19 +252,26 @@ class Chats:
         instance = ownership.instance
         ownership.created(session.id)
         host.deadlines.push(session.id, host.clock.to_trio(session.expires_at))
-        holder = await host.retry.read(self._store.place, session, instance, 1, created=True)
-        if holder is not None and holder != session.id:
+        try:
+            placed = await host.retry.read(self._store.place, session, instance, 1, created=True)
+        except BaseException:
+            host.deadlines.discard(session.id)
+            host.writebehind.record_delete(session.id)  # stays owned until that is written
+            raise
+        if not isinstance(placed, Session):
             ownership.lost(session.id)
             host.deadlines.discard(session.id)
-            return holder
-        host.publish("created", session)
-        key = chat_key(session)
+            return placed
+        if placed.expires_at != session.expires_at:  # dated after its chat's last end
+            host.deadlines.touch(session.id, host.clock.to_trio(placed.expires_at))
+        host.publish("created", placed)
+        key = chat_key(placed)
         assert key is not None  # a session placed has a chat
-        self.remember(key, session.id)
-        host.adopt(session)  # resident: the chat's next message is answered from memory
-        return None
+        self.remember(key, placed.id)
+        host.adopt(placed)  # resident: the chat's next message is answered from memory
+        return placed
 
-    async def place(self, row: Session) -> UUID | None:
+    async def place(self, row: Session) -> Session | UUID:
         """Write a change of an owned session's chat through to the store (see `Store.place`)."""
         ownership = self._host.ownership
         epoch = ownership.owned.get(row.id, 0)  # 0, never an epoch: not ours, fenced

@@ -129,6 +129,9 @@ class ExpiryEngine:
             raise StoreUnavailable("this runtime's lease on its sessions lapsed (the store was out of reach "
                                    f"for longer than lease_duration={host.config.lease_duration}s); "
                                    "it is rejoining, try again")
+        # Due sessions no live runtime owns (their owner left, or lapsed since the
+        # last sweep) are this call's too.
+        await host.ownership.sweep(trio.current_time() + 1e-6)  # those due at this instant too
         due = [*host.deadlines.pop_deferred(), *host.deadlines.pop_due(trio.current_time())]
         # Those the task is expiring right now too: this call's command queues
         # behind the task's (or its actor waits for the task's hold), so it

@@ -23,9 +23,11 @@ from ._store import (
     Busy,
     ChatKey,
     ChatTaken,
+    Joined,
     ListQuery,
     WriteBatch,
     chat_key,
+    dated_after,
     fenced_sessions,
 )
 
@@ -50,6 +52,9 @@ class MemoryStore:
         # (Trio time: the store's own clock) or None once it left; requests.
         self._owners: dict[UUID, tuple[UUID | None, int]] = {}
         self._leases: dict[UUID, float | None] = {}
+        # When each instance last renewed, and since when it has been shared (None: alone).
+        self._renewed: dict[UUID, float] = {}
+        self._shared: dict[UUID, float | None] = {}
         self._handoffs: dict[UUID, tuple[UUID, UUID]] = {}
         self._notices: dict[UUID, trio.Event] = {}
         # The unique index over active sessions' chats: chat_key -> session id.
@@ -143,12 +148,18 @@ class MemoryStore:
             if holder is not None and holder != session_id and holder not in leaving:
                 raise _taken(session_id, holder)
 
-    async def place(self, row: Session, instance: UUID, epoch: int, *, created: bool) -> UUID | None:
+    async def place(self, row: Session, instance: UUID, epoch: int, *, created: bool) -> Session | UUID:
         await trio.lowlevel.checkpoint()
         stored = self._sessions.get(row.id)
         if (stored is None and not created) or (
                 stored is not None and self._owners.get(row.id, (None, 0)) != (instance, epoch)):
             raise SessionMoved(f"session {row.id} is not this runtime's to write (another one took it)")
+        if created and stored is None:
+            ended = [s.ended_at for s in self._sessions.values()
+                     if s.ended_at is not None and s.ended_at > row.created_at
+                     and (s.user_id, s.agent, s.chat_id) == (row.user_id, row.agent, row.chat_id)]
+            if ended:
+                row = dated_after(row, max(ended))
         batch = WriteBatch((row,), (), (), owner=instance, epochs={row.id: epoch},
                            created=frozenset({row.id}) if created else frozenset())
         try:
@@ -156,7 +167,7 @@ class MemoryStore:
         except ChatTaken as taken:
             assert taken.holder is not None  # this store always knows it
             return taken.holder
-        return None
+        return self._sessions[row.id]
 
     def _fenced(self, batch: WriteBatch) -> list[UUID]:
         stored = {session_id: self._owners.get(session_id, (None, 0)) for session_id in batch.session_ids()
@@ -176,16 +187,29 @@ class MemoryStore:
         if event is not None:
             event.set()
 
-    async def register(self, instance: UUID, lease: float) -> None:
+    async def register(self, instance: UUID, lease: float) -> Joined:
         await trio.lowlevel.checkpoint()
-        self._leases[instance] = trio.current_time() + lease
+        now = trio.current_time()
+        shared = any(self._live(other) for other in self._leases)
+        self._leases[instance] = now + lease
+        self._renewed[instance] = now
+        self._shared[instance] = now if shared else None
+        return Joined(shared=shared, at=now)
 
-    async def renew(self, instance: UUID, lease: float) -> bool:
+    async def renew(self, instance: UUID, lease: float, *, shared: bool = False) -> int | None:
         await trio.lowlevel.checkpoint()
         if not self._live(instance):
-            return False
-        self._leases[instance] = trio.current_time() + lease
-        return True
+            return None
+        now = trio.current_time()
+        self._leases[instance] = now + lease
+        self._renewed[instance] = now
+        self._shared[instance] = (self._shared.get(instance) or now) if shared else None
+        return sum(1 for other in self._leases if other != instance and self._live(other))
+
+    async def unaware(self, instance: UUID, since: float) -> int:
+        await trio.lowlevel.checkpoint()
+        return sum(1 for other in self._leases if other != instance and self._live(other)
+                   and not (self._shared.get(other) is not None and self._renewed[other] > since))
 
     async def leave(self, instance: UUID) -> None:
         await trio.lowlevel.checkpoint()

@@ -35,6 +35,15 @@ coordination engine:
   expiry engine claims (`Store.claim`) before it expires them.
 - **Graceful close** marks the instance left (`Store.leave`): its sessions
   are free at once, with no write per session.
+- **A create is visible everywhere when it returns.** A runtime alone on
+  the store writes creates behind, like any change; once it knows of
+  another live instance (from its renewal) it flushes what it created
+  alone, then commits each create before returning it (`shared`), and
+  says so in its next renewal. A runtime that starts while others are live
+  is shared from the start and acknowledges nothing until each of them has
+  renewed as shared after its start (`Store.unaware`): no create it could
+  miss is still unflushed. It goes back to writing creates behind when it
+  is alone again.
 """
 
 from __future__ import annotations
@@ -99,6 +108,11 @@ class Ownership:
         self._margin = config.lease_duration / 10
         self._releasing: set[UUID] = set()
         self._sweep_now = trio.Event()  # set after a rejoin: what was ours is free, queue it
+        #: Other instances are live: this one commits each create before returning it, so that
+        #: any of them finds it at once (concurrent creates share a commit).
+        self.shared = False
+        # Shared, and what was created while alone is flushed: renewals tell the store so.
+        self._announced = False
 
     # ------------------------------------------------------------------ lease
 
@@ -125,12 +139,33 @@ class Ownership:
         while True:
             sent = trio.current_time()
             try:
-                await self._retry.read(self._store.register, self.instance, lease)
+                joined = await self._retry.read(self._store.register, self.instance, lease)
             except StoreUnavailable:  # retried with backoff inside; nothing is acknowledged meanwhile
                 await trio.lowlevel.checkpoint()
                 continue
+            # Shared from the start: nothing was created here while alone.
+            self.shared = self._announced = joined.shared
+            if joined.shared:
+                await self._wait_for_peers(joined.at)
             self._validate(sent)
             return
+
+    async def _wait_for_peers(self, since: float) -> None:
+        """Wait until no live instance may hold a create unflushed that this one would miss.
+
+        Each of them commits its creates before returning them once it knows
+        it is not alone, and says so at its next renewal (`Store.unaware`):
+        at most `lease_renew_interval` after this start, or never for one
+        that lapses meanwhile, which stops counting at `lease_duration`.
+        """
+        poll = self._config.lease_renew_interval / 8
+        while True:
+            try:
+                if not await self._retry.read(self._store.unaware, self.instance, since):
+                    return
+            except StoreUnavailable:  # retried with backoff inside: ask again
+                pass
+            await trio.sleep(poll)
 
     def _validate(self, sent: float) -> None:
         self.valid_until = sent + self._config.lease_duration - self._margin
@@ -143,19 +178,42 @@ class Ownership:
         while True:
             await trio.sleep_until(sent + config.lease_renew_interval)
             sent = trio.current_time()
-            renewed: bool | None = None
+            peers: int | None = None
+            answered = False
             with trio.move_on_at(self.valid_until):  # noqa: ASYNC912  renew awaits; later is too late
                 try:
-                    renewed = await self._store.renew(self.instance, config.lease_duration)
+                    peers = await self._store.renew(self.instance, config.lease_duration,
+                                                    shared=self._announced)
+                    answered = True
                 except StoreUnavailable as exc:
                     self._retry.last_error = str(exc)
-            if renewed:
+            if peers is not None:
                 self._validate(sent)
-            elif renewed is False or not self.valid(trio.current_time()):
+                self.shared = self.shared or bool(peers)
+                if not peers:
+                    self.shared = self._announced = False
+                elif not self._announced and await self._flushed_alone():
+                    sent -= config.lease_renew_interval  # say so at once: a new instance waits for it
+            elif answered or not self.valid(trio.current_time()):
                 await self._rejoin()
                 sent = trio.current_time()
             else:  # the store did not answer: try again soon, while the lease still holds
                 sent -= config.lease_renew_interval * 3 / 4
+
+    async def _flushed_alone(self) -> bool:
+        """Flush what was created while alone (`shared` is set: creates are committed from now on).
+
+        True once done, after which renewals tell the store this instance is
+        shared. Gives up at the lease's end (the store is down: the renewals
+        must go on); the next renewal tries again.
+        """
+        if not self._announced:
+            logger.info("instance {} is no longer alone on the store: creates are committed before "
+                        "they return", self.instance)
+        with trio.move_on_at(self.valid_until - self._config.lease_renew_interval):
+            await self._host.writebehind.flush()
+            self._announced = True
+        return self._announced
 
     async def _rejoin(self) -> None:
         """The lease lapsed: stop, flush what still can land, forget what was owned, register anew."""
@@ -301,17 +359,24 @@ class Ownership:
     async def _sweep_forever(self) -> None:
         """Queue, every lease period, the active sessions due soon that no live instance owns."""
         period = self._config.lease_duration
-        host = self._host
         while True:
             with trio.move_on_after(period):
                 await self._sweep_now.wait()
             self._sweep_now = trio.Event()
-            horizon = host.clock.to_wall(trio.current_time() + period).timestamp()
             try:
-                free = await self._store.free_deadlines(horizon)
+                await self.sweep(trio.current_time() + period)
             except StoreUnavailable:
                 continue
-            to_trio = host.clock.timestamp_to_trio
-            for session_id, expires_at in free:
-                if session_id not in host.deadlines:
-                    host.deadlines.push(session_id, to_trio(expires_at))
+
+    async def sweep(self, horizon: float) -> None:
+        """Queue the active sessions due before the Trio time `horizon` that no live instance owns.
+
+        Raises:
+            StoreUnavailable: the store could not be read.
+        """
+        host = self._host
+        free = await self._store.free_deadlines(host.clock.to_wall(horizon).timestamp())
+        to_trio = host.clock.timestamp_to_trio
+        for session_id, expires_at in free:
+            if session_id not in host.deadlines:
+                host.deadlines.push(session_id, to_trio(expires_at))

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from typing import Final, Protocol, runtime_checkable
 from uuid import UUID
 
@@ -24,6 +24,13 @@ from ._model import Message, Session
 
 #: What one active session per chat is keyed by: `(user_id, agent, chat_id)`.
 ChatKey = tuple[str, str, str]
+
+
+def dated_after(row: Session, ended_at: datetime) -> Session:
+    """A new session's row with its times moved a microsecond past `ended_at` (see `Store.place`)."""
+    shift = ended_at - row.created_at + timedelta(microseconds=1)
+    return replace(row, created_at=row.created_at + shift, updated_at=row.updated_at + shift,
+                   last_activity=row.last_activity + shift, expires_at=row.expires_at + shift)
 
 
 def chat_key(session: Session) -> ChatKey | None:
@@ -152,6 +159,16 @@ class Acquired:
 
 
 @dataclass(frozen=True, slots=True)
+class Joined:
+    """`Store.register`'s answer: whether other instances were live, and the store's time after it."""
+
+    #: Other instances were live: the new one commits each create before returning it.
+    shared: bool
+    #: The store's time (POSIX seconds) once the registration was committed (`Store.unaware`).
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
 class Busy:
     """`Store.acquire` found the session owned by `owner`, a live instance."""
 
@@ -203,7 +220,7 @@ class Store(Protocol):
         """
         ...
 
-    async def place(self, row: Session, instance: UUID, epoch: int, *, created: bool) -> UUID | None:
+    async def place(self, row: Session, instance: UUID, epoch: int, *, created: bool) -> Session | UUID:
         """Write `row` whole, now, unless another active session holds its chat; then return that one's id.
 
         The write-through of everything that gives a session a chat
@@ -215,6 +232,11 @@ class Store(Protocol):
         `epoch`). Writing a row already stored at its version changes nothing
         (a retry after a lost answer).
 
+        A new session is dated after every session of its chat that ended:
+        if one ended after `row.created_at` (its end was committed while this
+        write waited for it), the row's times move forward past that end.
+        Returns the row as stored.
+
         Raises:
             SessionMoved: the stored row names another owner or epoch.
         """
@@ -223,12 +245,28 @@ class Store(Protocol):
     # Ownership (see `_ownership`). Leases and liveness are judged in the
     # store's own time, never by comparing two runtimes' clocks.
 
-    async def register(self, instance: UUID, lease: float) -> None:
-        """Record a new live instance whose lease runs `lease` seconds from now."""
+    async def register(self, instance: UUID, lease: float) -> Joined:
+        """Record a new live instance whose lease runs `lease` seconds from now.
+
+        It is *shared* from the start (it commits each create before
+        returning it) if other instances are live.
+        """
         ...
 
-    async def renew(self, instance: UUID, lease: float) -> bool:
-        """Extend a live instance's lease to `lease` seconds from now; False if it lapsed or left (final)."""
+    async def renew(self, instance: UUID, lease: float, *, shared: bool = False) -> int | None:
+        """Extend a live instance's lease to `lease` seconds from now, recording whether it is shared.
+
+        Returns how many other instances are live (in the same snapshot), or
+        None if this one's lease lapsed or it left (final).
+        """
+        ...
+
+    async def unaware(self, instance: UUID, since: float) -> int:
+        """How many other live instances have not renewed as shared after the store time `since`.
+
+        An instance that started at `since` (`Joined.at`) may miss a create
+        of such an instance that is not flushed yet; once this is 0, none.
+        """
         ...
 
     async def leave(self, instance: UUID) -> None:

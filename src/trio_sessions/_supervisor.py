@@ -251,12 +251,16 @@ class Supervisor:
         actor.deadline = self.clock.to_trio(session.expires_at)
 
     def snapshot(self, session_id: UUID) -> Session | None:
-        """The resident actor's latest snapshot, if there is one and it cannot be overdue."""
+        """The resident actor's published snapshot, if a read may answer with it.
+
+        Not when it may be overdue, nor while a change of it is being written
+        through (that change is the session already, unpublished).
+        """
         actor = self._actors.get(session_id)
         if actor is None:
             return None
         session = actor.session
-        if session is None or (session.is_active and actor.deadline <= trio.current_time()):
+        if session is None or actor.writing or (session.is_active and actor.deadline <= trio.current_time()):
             return None
         return session
 
@@ -350,7 +354,7 @@ class Supervisor:
         writebehind.record(session, created=True)
         self.deadlines.push(session.id, deadline)
         self.publish("created", session)
-        if durable:
+        if durable or ownership.shared:  # shared: other runtimes must find it when this returns
             waiter = writebehind.durable_waiter(session.id)
             assert waiter is not None  # just recorded
             await waiter.wait()

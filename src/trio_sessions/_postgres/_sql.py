@@ -65,7 +65,17 @@ WHERE user_id = $1 AND agent = $2 AND chat_id = $3 AND is_active AND chat_id IS 
 # stored: a retry whose first try committed); neither is an error, so neither aborts
 # a transaction nor writes an ERROR to the server's log. RETURNING says which.
 INSERT_NEW_SESSION: Final = _INSERT_SESSIONS + "ON CONFLICT DO NOTHING RETURNING id"
-SESSION_STORED: Final = "SELECT 1 FROM sessions WHERE id = $1"
+SESSION_STORED: Final = f"SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1"
+# A new session is dated after every session of its chat that ended (Store.place): the
+# latest end after its date (committed while its insert waited for it), and the row moved.
+LATEST_CHAT_END: Final = """
+SELECT max(ended_at) FROM sessions
+WHERE user_id = $1 AND agent = $2 AND chat_id = $3 AND id <> $4 AND ended_at > $5
+"""
+REDATE_NEW_SESSION: Final = """
+UPDATE sessions SET created_at = $3, updated_at = $3, last_activity = $3, expires_at = $4
+WHERE id = $1 AND owner = $2 AND version = 1
+"""
 
 # Rows changed only by activity (WriteBatch.touched): five columns, not
 # eighteen, under the same version guard; a row not stored stays missing.
@@ -131,15 +141,32 @@ SELECT id, extract(epoch FROM expires_at)::float8 FROM sessions WHERE is_active 
 _LIVE_OWNER: Final = """EXISTS (SELECT 1 FROM instances AS i
     WHERE i.id = s.owner AND i.left_at IS NULL AND i.lease_until > now())"""
 
+# A new instance is shared from the start when others are live (it has created
+# nothing yet); the answer says which. STORE_NOW, run after the commit, is a
+# time every later transaction of another instance starts after.
 REGISTER_INSTANCE: Final = """
-INSERT INTO instances (id, started_at, renewed_at, lease_until, host, pid)
-VALUES ($1, now(), now(), now() + $2 * INTERVAL '1 second', $3, $4)
+INSERT INTO instances (id, started_at, renewed_at, lease_until, host, pid, shared_since)
+VALUES ($1, now(), now(), now() + $2 * INTERVAL '1 second', $3, $4,
+        CASE WHEN EXISTS (SELECT 1 FROM instances WHERE left_at IS NULL AND lease_until > now())
+             THEN now() END)
+RETURNING (shared_since IS NOT NULL)::integer
 """
-# A lease that ran out is never renewed: the instance must rejoin.
+STORE_NOW: Final = "SELECT extract(epoch FROM now())::float8"
+# A lease that ran out is never renewed: the instance must rejoin. The answer:
+# how many other instances are live, seen in the statement's own snapshot.
 RENEW_LEASE: Final = """
-UPDATE instances SET renewed_at = now(), lease_until = now() + $2 * INTERVAL '1 second'
+UPDATE instances SET renewed_at = now(), lease_until = now() + $2 * INTERVAL '1 second',
+    shared_since = CASE WHEN $3::boolean THEN coalesce(shared_since, now()) END
 WHERE id = $1 AND left_at IS NULL AND lease_until > now()
-RETURNING 1
+RETURNING (SELECT count(*) FROM instances AS o
+           WHERE o.id <> $1 AND o.left_at IS NULL AND o.lease_until > now())::integer
+"""
+# The live instances that may still hold a create of theirs unflushed for an
+# instance that started at $2: not shared, or not renewed since.
+UNAWARE: Final = """
+SELECT count(*)::integer FROM instances
+WHERE id <> $1 AND left_at IS NULL AND lease_until > now()
+  AND NOT (shared_since IS NOT NULL AND renewed_at > to_timestamp($2::float8))
 """
 LEAVE: Final = "UPDATE instances SET left_at = now() WHERE id = $1 AND left_at IS NULL"
 # Instances gone for a day are forgotten (each start adds one).

@@ -23,7 +23,7 @@ from .._errors import SessionMoved, StoreUnavailable, WriteRejected
 from .._migrations import load_migrations
 from .._model import Message, Session, check_text
 from .._secrets import redact_url
-from .._store import Acquired, Busy, ChatTaken, ListQuery, WriteBatch
+from .._store import Acquired, Busy, ChatTaken, Joined, ListQuery, WriteBatch, dated_after
 from . import _rows as rows
 from . import _sql as sql
 
@@ -185,17 +185,19 @@ class PostgresStore:
         await db.locked_transaction((sql.LOCK_FOR_WRITE, (sorted(set(batch.session_ids())),)), fence)
         return tuple(fenced)
 
-    async def place(self, row: Session, instance: UUID, epoch: int, *, created: bool) -> UUID | None:
+    async def place(self, row: Session, instance: UUID, epoch: int, *, created: bool) -> Session | UUID:
         """Write one row now, fenced as `write` does; the chat's holder instead if it has one.
 
         The unique index `sessions_chat_active_idx` decides: of two places
         racing for one chat in two processes, the second waits for the
         first's commit and finds the chat held. A new session is inserted
         with `ON CONFLICT DO NOTHING` (a chat found held is an answer, not an
-        error); a stored one is written as a batch of one, whose violation
-        of the index is the answer. The holder is read right after; if it
-        ended in between (nothing holds the chat any more), the write is
-        tried again, a few times.
+        error), then dated after the latest end of its chat if one came after
+        its date (the insert waited for that end's commit); a stored one is
+        written as a batch of one, whose violation of the index is the
+        answer. The holder is read right after; if it ended in between
+        (nothing holds the chat any more), the write is tried again, a few
+        times.
 
         Raises:
             SessionMoved: fenced (another owner, or another epoch).
@@ -206,7 +208,7 @@ class PostgresStore:
         for _ in range(3):
             if created:
                 if await self._insert_new(row, instance, epoch):
-                    return None
+                    return await self._dated(row, instance)
             else:
                 try:
                     fenced = await self.write(batch)
@@ -216,14 +218,25 @@ class PostgresStore:
                     if fenced:
                         raise SessionMoved(f"session {row.id} is not this runtime's to write (another one "
                                            "took it)")
-                    return None
+                    return row
             holder = await db.fetchrow(sql.CHAT_HOLDER, row.user_id, row.agent, row.chat_id, row.id)
             if holder is not None:
                 return holder[0]  # type: ignore[no-any-return]
-            if created and await db.fetchrow(sql.SESSION_STORED, row.id) is not None:
-                return None  # a retry: the first try had committed it
+            if created and (stored := await db.fetchrow(sql.SESSION_STORED, row.id)) is not None:
+                return rows.session_from_row(stored)  # a retry: the first try had committed it
             # It ended between the two statements: nobody holds the chat now.
         raise StoreUnavailable(f"the chat of session {row.id} kept changing hands; retry the call")
+
+    async def _dated(self, row: Session, instance: UUID) -> Session:
+        """The new row, moved past the latest end of its chat if that came after its date."""
+        db = self._connected()
+        latest = await db.fetchrow(sql.LATEST_CHAT_END, row.user_id, row.agent, row.chat_id, row.id,
+                                   row.created_at)
+        if latest is None or latest[0] is None:
+            return row
+        row = dated_after(row, latest[0])
+        await db.fetch(sql.REDATE_NEW_SESSION, row.id, instance, row.created_at, row.expires_at)
+        return row
 
     async def _insert_new(self, row: Session, instance: UUID, epoch: int) -> bool:
         """Insert a new session unless its chat is held; whether it was inserted."""
@@ -255,16 +268,22 @@ class PostgresStore:
 
     # ----------------------------------------------------------- ownership
 
-    async def register(self, instance: UUID, lease: float) -> None:
+    async def register(self, instance: UUID, lease: float) -> Joined:
         """Record the instance and its lease (on the dedicated connection), and listen for its wake-ups."""
         control = self._connected().control
         await control.fetchval(sql.FORGET_INSTANCES)
         host = socket.gethostname()[:255]
-        await control.fetchval(sql.REGISTER_INSTANCE, instance, lease, host, os.getpid())
+        shared = await control.fetchval(sql.REGISTER_INSTANCE, instance, lease, host, os.getpid())
         await control.listen(_channel(instance), lambda: self._wake(instance))
+        return Joined(shared=bool(shared), at=await control.fetchval(sql.STORE_NOW))
 
-    async def renew(self, instance: UUID, lease: float) -> bool:
-        return await self._connected().control.fetchval(sql.RENEW_LEASE, instance, lease) is not None
+    async def renew(self, instance: UUID, lease: float, *, shared: bool = False) -> int | None:
+        peers: int | None = await self._connected().control.fetchval(sql.RENEW_LEASE, instance, lease, shared)
+        return peers
+
+    async def unaware(self, instance: UUID, since: float) -> int:
+        count: int = await self._connected().control.fetchval(sql.UNAWARE, instance, since)
+        return count
 
     async def leave(self, instance: UUID) -> None:
         control = self._connected().control

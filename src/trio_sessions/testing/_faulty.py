@@ -32,7 +32,7 @@ from .._store import Store
 
 if TYPE_CHECKING:
     from .._model import Message, Session
-    from .._store import Acquired, Busy, ListQuery, WriteBatch
+    from .._store import Acquired, Busy, Joined, ListQuery, WriteBatch
 
 # What `failure_rate` injects: the transient errors PostgresStore turns into
 # StoreUnavailable (`_postgres._bridge._errors.is_transient`),
@@ -184,21 +184,25 @@ class FaultyStore:
             raise _unknown_commit()
         return fenced
 
-    async def place(self, row: Session, instance: UUID, epoch: int, *, created: bool) -> UUID | None:
+    async def place(self, row: Session, instance: UUID, epoch: int, *, created: bool) -> Session | UUID:
         unknown = await self._arrive()
-        holder = await self.inner.place(row, instance, epoch, created=created)
+        placed = await self.inner.place(row, instance, epoch, created=created)
         if unknown < self._unknown_commit_rate:
             self.unknown_commits += 1
             raise _unknown_commit()
-        return holder
+        return placed
 
-    async def register(self, instance: UUID, lease: float) -> None:
+    async def register(self, instance: UUID, lease: float) -> Joined:
         await self._arrive()
-        await self.inner.register(instance, lease)
+        return await self.inner.register(instance, lease)
 
-    async def renew(self, instance: UUID, lease: float) -> bool:
+    async def renew(self, instance: UUID, lease: float, *, shared: bool = False) -> int | None:
         await self._arrive()
-        return await self.inner.renew(instance, lease)
+        return await self.inner.renew(instance, lease, shared=shared)
+
+    async def unaware(self, instance: UUID, since: float) -> int:
+        await self._arrive()
+        return await self.inner.unaware(instance, since)
 
     async def leave(self, instance: UUID) -> None:
         await self._arrive()

@@ -196,21 +196,26 @@ Action = Call | Flush | Passivate | ListWalk
 
 @dataclass(frozen=True, slots=True)
 class Step:
-    """One step of a task's program: wait (`pause` seconds, or `AT_DEADLINE`), then act."""
+    """One step of a task's program: wait (`pause` seconds, or `AT_DEADLINE`), then act.
+
+    `route`: which of the runtimes sharing a store acts (`run_workload`'s `others`).
+    """
 
     pause: float
     action: Action
+    route: int = 0
 
 
 def workload_steps(config: RuntimeConfig, *, hostility: int = 10,
                    timeouts: SearchStrategy[float] | None = None,
                    pauses: SearchStrategy[float] | None = None, durable: bool = True,
-                   actions: bool = True, deadlines: bool = True) -> SearchStrategy[Step]:
+                   actions: bool = True, deadlines: bool = True, routes: int = 1) -> SearchStrategy[Step]:
     """One step of a task's program, with `Slot`s for sessions (see `run_workload`).
 
     Most steps are calls (`session_calls`); with `actions`, some flush,
     passivate or walk `list()`; with `deadlines`, some wait for a session's
-    deadline first. Shrinks towards a create made at once.
+    deadline first; with `routes` above 1, each names one of that many
+    runtimes. Shrinks towards a create made at once, by the first runtime.
     """
     calls = _call_templates(config, hostility=hostility, timeouts=timeouts, durable=durable)
     others: list[SearchStrategy[Action]] = [
@@ -224,7 +229,7 @@ def workload_steps(config: RuntimeConfig, *, hostility: int = 10,
     waits = st.just(0.0) if pauses is None else pauses
     if deadlines:
         waits = st.integers(0, 39).flatmap(lambda n: st.just(AT_DEADLINE) if n % 8 == 7 else waits)
-    return st.builds(Step, waits, action)
+    return st.builds(Step, waits, action, st.integers(0, routes - 1) if routes > 1 else st.just(0))
 
 
 def programs(tasks: int, steps: int, config: RuntimeConfig,
@@ -271,13 +276,15 @@ def passivate(runtime: SessionRuntime, session_id: UUID) -> None:
         supervisor.retire(actor)
 
 
-async def walk_list(runtime: SessionRuntime, history: History, walk: ListWalk, owner: str | None) -> None:
+async def walk_list(runtime: SessionRuntime, history: History, walk: ListWalk, owner: str | None, *,
+                    complete: bool = True) -> None:
     """Read every page of `list()` and check the walk: the keyset cursor loses and repeats nothing.
 
     Pages come newest first by (created_at, id), strictly, with no session
     twice and each matching the filters; with `active=None`, every session
     whose create returned before the walk began is listed, unless a delete
-    of it was invoked before the walk ended.
+    of it was invoked before the walk ended (only when `complete`: with
+    several runtimes, one lists what the others have flushed).
     """
     await trio.lowlevel.checkpoint()  # a walk is a checkpoint even when a faulty store refuses it
     # Only creates that had returned when the walk began must be listed: one
@@ -302,7 +309,7 @@ async def walk_list(runtime: SessionRuntime, history: History, walk: ListWalk, o
     for session in seen:
         assert owner is None or session.user_id == owner, session
         assert walk.active is None or session.is_active == walk.active, session
-    if walk.active is not None:
+    if walk.active is not None or not complete:
         return
     deleted = {op.session_id for op in history.operations if isinstance(op.call, Delete)}
     listed = {s.id for s in seen}
@@ -317,7 +324,8 @@ async def run_workload(runtime: SessionRuntime, data: DataObject, history: Histo
                        pauses: SearchStrategy[float] | None = None,
                        durable: bool = True, sessions: Sequence[UUID] = (),
                        actions: bool = True, max_deadline_wait: float = 60.0,
-                       after_call: Callable[[Call, Any], Awaitable[None]] | None = None) -> list[UUID]:
+                       after_call: Callable[[Call, Any], Awaitable[None]] | None = None,
+                       others: Sequence[SessionRuntime] = ()) -> list[UUID]:
     """Let `tasks` tasks each run a drawn program of up to `steps` steps, concurrently, all recorded.
 
     The programs are drawn first, in one draw (`programs`). Before each step
@@ -333,15 +341,19 @@ async def run_workload(runtime: SessionRuntime, data: DataObject, history: Histo
             `list()` (each walk is checked, see `walk_list`).
         after_call: awaited with each call and its result (or the error it
             raised), for checks that must run right after a call returns.
+        others: more runtimes on the same store; each step is made by the
+            one it names (`Step.route`), so calls on a session move between
+            runtimes (hand-offs) as a load balancer would send them.
 
     Returns:
         The ids of every session the calls targeted: `sessions` and those created.
     """
     known: list[UUID] = list(sessions)
-    recorder = history.wrap(runtime)
+    runtimes = [runtime, *others]
+    recorders = [history.wrap(each) for each in runtimes]
     plans = data.draw(programs(tasks, steps, runtime.config, hostility=hostility, timeouts=timeouts,
                                pauses=pauses, durable=durable, actions=actions,
-                               deadlines=max_deadline_wait > 0))
+                               deadlines=max_deadline_wait > 0, routes=len(runtimes)))
     latest: dict[UUID, Session] = {}  # the newest snapshot any call answered, per session
 
     async def wait(step: Step) -> None:
@@ -358,7 +370,9 @@ async def run_workload(runtime: SessionRuntime, data: DataObject, history: Histo
             return
         await trio.lowlevel.checkpoint()
 
-    async def act(action: Action, token: str) -> None:  # noqa: ASYNC910  every step's wait() checkpoints
+    async def act(action: Action, token: str, route: int) -> None:  # noqa: ASYNC910  every step's wait() checkpoints
+        runtime = runtimes[route % len(runtimes)]
+        recorder = recorders[route % len(runtimes)]
         if isinstance(action, Flush):
             await runtime.flush()
         elif isinstance(action, Passivate):
@@ -370,7 +384,7 @@ async def run_workload(runtime: SessionRuntime, data: DataObject, history: Histo
             if action.owner is not None and known:
                 session = latest.get(known[action.owner.index % len(known)])
                 owner = None if session is None else session.user_id
-            await walk_list(runtime, history, action, owner)
+            await walk_list(runtime, history, action, owner, complete=len(runtimes) == 1)
         else:
             call = own_chat(resolve(action, known), token)
             try:
@@ -390,7 +404,7 @@ async def run_workload(runtime: SessionRuntime, data: DataObject, history: Histo
     async def worker(task: int, plan: list[Step]) -> None:  # noqa: ASYNC910  an empty plan: the nursery checkpoints
         for index, step in enumerate(plan):
             await wait(step)
-            await act(step.action, f"#{task}.{index}")
+            await act(step.action, f"#{task}.{index}", step.route)
 
     async with trio.open_nursery() as nursery:
         for task, plan in enumerate(plans):

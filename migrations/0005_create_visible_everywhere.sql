@@ -1,0 +1,11 @@
+-- trio-sessions schema, version 5: a create is visible to every process when it returns.
+--
+-- A runtime alone on its database writes a new session behind, like any
+-- change; while other runtimes are live, it commits each create before
+-- returning it (concurrent creates share a commit), so any of them finds the
+-- session at once. `shared_since` is when the instance last became such a
+-- runtime, having first flushed what it created while alone; NULL while it
+-- is alone. A runtime that starts while others are live waits until each of
+-- them has renewed its lease as shared after the start (see
+-- trio_sessions._ownership), so no create it could miss is still unflushed.
+ALTER TABLE instances ADD COLUMN shared_since timestamptz;
