@@ -231,3 +231,27 @@ async def test_a_create_is_found_by_another_runtime_when_it_returns(autojump_clo
         assert not a._sup.ownership.shared
         back = await a.create("u", "geral")
         assert await store.load(back.id, messages=0) is None  # written behind again
+
+
+async def test_runtimes_starting_together_wait_one_renewal_at_most(autojump_clock: MockClock) -> None:
+    """Six runtimes start at once: those waiting for their peers do not wait for each other."""
+    store = MemoryStore()
+    opened: list[float] = []
+    lapses: list[int] = []
+
+    async def one(delay: float) -> None:
+        await trio.sleep(delay)
+        started = trio.current_time()
+        async with open_runtime(CONFIG, store=store) as rt:
+            opened.append(trio.current_time() - started)
+            session = await rt.create("u", "geral")
+            for i in range(10):
+                await rt.append_message(session.id, "user", str(i))
+                await trio.sleep(0.5)
+            lapses.append(rt.metrics().lease_lapses)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(6):
+            nursery.start_soon(one, 0.01 * i)
+    assert max(opened) <= CONFIG.lease_renew_interval + 0.5, opened
+    assert lapses == [0] * 6

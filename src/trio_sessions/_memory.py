@@ -54,6 +54,7 @@ class MemoryStore:
         self._leases: dict[UUID, float | None] = {}
         # When each instance last renewed, and since when it has been shared (None: alone).
         self._renewed: dict[UUID, float] = {}
+        self._started: dict[UUID, float] = {}
         self._shared: dict[UUID, float | None] = {}
         self._handoffs: dict[UUID, tuple[UUID, UUID]] = {}
         self._notices: dict[UUID, trio.Event] = {}
@@ -192,7 +193,7 @@ class MemoryStore:
         now = trio.current_time()
         shared = any(self._live(other) for other in self._leases)
         self._leases[instance] = now + lease
-        self._renewed[instance] = now
+        self._renewed[instance] = self._started[instance] = now
         self._shared[instance] = now if shared else None
         return Joined(shared=shared, at=now)
 
@@ -201,15 +202,21 @@ class MemoryStore:
         if not self._live(instance):
             return None
         now = trio.current_time()
+        peers = sum(1 for other in self._leases if other != instance and self._live(other))
         self._leases[instance] = now + lease
         self._renewed[instance] = now
-        self._shared[instance] = (self._shared.get(instance) or now) if shared else None
-        return sum(1 for other in self._leases if other != instance and self._live(other))
+        self._shared[instance] = (self._shared.get(instance) or now) if shared and peers else None
+        return peers
 
     async def unaware(self, instance: UUID, since: float) -> int:
         await trio.lowlevel.checkpoint()
         return sum(1 for other in self._leases if other != instance and self._live(other)
-                   and not (self._shared.get(other) is not None and self._renewed[other] > since))
+                   and not self._aware(other, since))
+
+    def _aware(self, instance: UUID, since: float) -> bool:
+        """Shared since its start (never alone), or renewed as shared after `since`."""
+        shared = self._shared.get(instance)
+        return shared is not None and (shared == self._started[instance] or self._renewed[instance] > since)
 
     async def leave(self, instance: UUID) -> None:
         await trio.lowlevel.checkpoint()

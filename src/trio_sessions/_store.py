@@ -262,10 +262,12 @@ class Store(Protocol):
         ...
 
     async def unaware(self, instance: UUID, since: float) -> int:
-        """How many other live instances have not renewed as shared after the store time `since`.
+        """How many other live instances may hold a create unflushed that one started at `since` would miss.
 
-        An instance that started at `since` (`Joined.at`) may miss a create
-        of such an instance that is not flushed yet; once this is 0, none.
+        Those not shared, or shared since a renewal before the store time
+        `since` (`Joined.at`); not those shared since their own start, which
+        never held one. A renewal that finds no other live instance records
+        its instance alone in the same step.
         """
         ...
 

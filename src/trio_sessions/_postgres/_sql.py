@@ -153,20 +153,28 @@ RETURNING (shared_since IS NOT NULL)::integer
 """
 STORE_NOW: Final = "SELECT extract(epoch FROM now())::float8"
 # A lease that ran out is never renewed: the instance must rejoin. The answer:
-# how many other instances are live, seen in the statement's own snapshot.
+# how many other instances are live, seen in the statement's own snapshot; an
+# instance that sees none is recorded alone in that same statement, before it
+# goes back to writing creates behind.
 RENEW_LEASE: Final = """
+WITH peers AS (
+    SELECT count(*)::integer AS live FROM instances
+    WHERE id <> $1 AND left_at IS NULL AND lease_until > now()
+)
 UPDATE instances SET renewed_at = now(), lease_until = now() + $2 * INTERVAL '1 second',
-    shared_since = CASE WHEN $3::boolean THEN coalesce(shared_since, now()) END
+    shared_since = CASE WHEN $3::boolean AND (SELECT live FROM peers) > 0
+                        THEN coalesce(shared_since, now()) END
 WHERE id = $1 AND left_at IS NULL AND lease_until > now()
-RETURNING (SELECT count(*) FROM instances AS o
-           WHERE o.id <> $1 AND o.left_at IS NULL AND o.lease_until > now())::integer
+RETURNING (SELECT live FROM peers)
 """
 # The live instances that may still hold a create of theirs unflushed for an
-# instance that started at $2: not shared, or not renewed since.
+# instance that started at $2: not shared, or not renewed as shared since then,
+# unless shared since their own start (never alone: every create committed).
 UNAWARE: Final = """
 SELECT count(*)::integer FROM instances
 WHERE id <> $1 AND left_at IS NULL AND lease_until > now()
-  AND NOT (shared_since IS NOT NULL AND renewed_at > to_timestamp($2::float8))
+  AND NOT (shared_since IS NOT NULL
+           AND (shared_since = started_at OR renewed_at > to_timestamp($2::float8)))
 """
 LEAVE: Final = "UPDATE instances SET left_at = now() WHERE id = $1 AND left_at IS NULL"
 # Instances gone for a day are forgotten (each start adds one).
