@@ -242,9 +242,10 @@ class Chats:
 
         The session is this runtime's (epoch 1) and queued for expiry before
         the row is visible, so that a hand-off request finds it owned. If the
-        write fails (or is cancelled) its outcome is unknown, and nobody
-        knows the session's id: the call raises and a hard delete of it is
-        left to the write-behind, so that in the end it was not created.
+        write fails it is tried again until the store answers (as a flush
+        is); cancelled meanwhile, its outcome is unknown and nobody knows the
+        session's id: a hard delete of it is left to the write-behind, so
+        that in the end it was not created.
         """
         host = self._host
         ownership = host.ownership
@@ -252,9 +253,13 @@ class Chats:
         instance = ownership.instance
         ownership.created(session.id)
         host.deadlines.push(session.id, host.clock.to_trio(session.expires_at))
+        store = self._store
         try:
-            placed = await host.retry.read(self._store.place, session, instance, 1, created=True)
-        except BaseException:
+            # Until the store answers, as a flush is: a failure would leave it unknown
+            # whether the session exists.
+            placed = await host.retry.write(store.health_check, store.place, session, instance, 1,
+                                            created=True)
+        except BaseException:  # cancelled: unknown, so it is made not to exist
             host.deadlines.discard(session.id)
             host.writebehind.record_delete(session.id)  # stays owned until that is written
             raise
@@ -275,7 +280,10 @@ class Chats:
         """Write a change of an owned session's chat through to the store (see `Store.place`)."""
         ownership = self._host.ownership
         epoch = ownership.owned.get(row.id, 0)  # 0, never an epoch: not ours, fenced
-        return await self._host.retry.read(self._store.place, row, ownership.instance, epoch, created=False)
+        store = self._store
+        # Until the store answers (as a flush): a failure would leave the change's outcome unknown.
+        return await self._host.retry.write(store.health_check, store.place, row, ownership.instance, epoch,
+                                            created=False)
 
 
 def _contended(key: ChatKey) -> StoreUnavailable:

@@ -86,7 +86,7 @@ class Retry:
         Between attempts it backs off, probing the store with `probe` every
         `PROBE_INTERVAL`; the first probe that succeeds ends the wait.
         Warns once when `alert_flush_failures` attempts in a row have failed.
-        Anything but `StoreUnavailable` propagates at once.
+        Anything but `StoreUnavailable` (and `SessionMoved`, an answer) propagates at once.
         """
         delay = self._config.retry_initial_delay
         failures = 0
@@ -95,6 +95,8 @@ class Retry:
         while True:
             try:
                 result = await fn(*args, **kwargs)
+            except SessionMoved:
+                raise  # the store's answer (another runtime owns the session), not a failure
             except StoreUnavailable as exc:
                 failures += 1
                 self.write_failures += 1

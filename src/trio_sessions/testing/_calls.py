@@ -160,7 +160,10 @@ def _short(value: object) -> str:
 
 
 def _value(value: object) -> str:
-    if isinstance(value, Mapping):
-        value = dict(value)
-    text = repr(value)
+    try:
+        if isinstance(value, Mapping):
+            value = dict(value)
+        text = repr(value)
+    except Exception:  # hostile input (an int of 5,000 digits, a lying mapping) must not hide the report
+        return f"<{type(value).__name__}>"
     return text if len(text) <= 40 else text[:37] + "..."

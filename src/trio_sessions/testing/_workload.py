@@ -292,6 +292,7 @@ async def walk_list(runtime: SessionRuntime, history: History, walk: ListWalk, o
     created_before = [op.outcome for op in history.operations
                       if isinstance(op.call, Create) and op.answered and isinstance(op.outcome, Session)]
     seen: list[Session] = []
+    listed_so_far: set[UUID] = set()
     after: str | None = None
     while True:
         try:
@@ -299,10 +300,14 @@ async def walk_list(runtime: SessionRuntime, history: History, walk: ListWalk, o
         except StoreUnavailable:
             return  # a faulty store may refuse the read: nothing to check
         assert len(page.items) <= walk.limit
+        again = [s.id for s in page.items if s.id in listed_so_far]
+        assert not again, f"list() walk went back to {again[0]}: it would never end"
+        listed_so_far.update(s.id for s in page.items)
         seen.extend(page.items)
         if page.next_cursor is None:
             break
         assert len(page.items) == walk.limit, "a page that is not the last one must be full"
+        assert page.next_cursor != after, f"list() cursor did not move on from {after!r}"
         after = page.next_cursor
     keys = [(s.created_at, s.id) for s in seen]
     assert keys == sorted(set(keys), reverse=True), f"list() walk out of order or repeated: {keys}"
