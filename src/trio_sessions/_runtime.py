@@ -95,6 +95,21 @@ class SessionRuntime:
         """
         return self._sup.clock.to_trio(session.expires_at)
 
+    def _opening(self, user_id: object, agent: object, chat_id: object, title: object, state: object,
+                 metadata: object, timeout: object, *, chat: Callable[..., str | None],
+                 ) -> tuple[float, dict[str, Any]]:
+        """The checked timeout and fields of a new session (`chat` checks `chat_id`: optional or not)."""
+        timeout_s = self.config.session_timeout if timeout is None else model.check_seconds(
+            "timeout", timeout, high=model.MAX_TIMEOUT)
+        return timeout_s, dict(
+            user_id=model.check_text("user_id", user_id, max_chars=model.MAX_ID_CHARS),
+            agent=model.check_text("agent", agent, max_chars=model.MAX_NAME_CHARS),
+            chat_id=chat("chat_id", chat_id, max_chars=model.MAX_ID_CHARS),
+            title=model.check_optional_text("title", title, max_chars=model.MAX_TITLE_CHARS),
+            state=model.check_text("state", state, max_chars=model.MAX_NAME_CHARS),
+            metadata=model.check_metadata(metadata),
+        )
+
     @_measured("create")
     async def create(
             self, user_id: str, agent: str, *, chat_id: str | None = None,
@@ -130,16 +145,8 @@ class SessionRuntime:
         nothing is created; once created, a durable call cancelled during the
         commit wait leaves the session created (and it is committed).
         """
-        timeout_s = self.config.session_timeout if timeout is None else model.check_seconds(
-            "timeout", timeout, high=model.MAX_TIMEOUT)
-        fields: dict[str, Any] = dict(
-            user_id=model.check_text("user_id", user_id, max_chars=model.MAX_ID_CHARS),
-            agent=model.check_text("agent", agent, max_chars=model.MAX_NAME_CHARS),
-            chat_id=model.check_optional_text("chat_id", chat_id, max_chars=model.MAX_ID_CHARS),
-            title=model.check_optional_text("title", title, max_chars=model.MAX_TITLE_CHARS),
-            state=model.check_text("state", state, max_chars=model.MAX_NAME_CHARS),
-            metadata=model.check_metadata(metadata),
-        )
+        timeout_s, fields = self._opening(user_id, agent, chat_id, title, state, metadata, timeout,
+                                          chat=model.check_optional_text)
         return await self._sup.create(fields, timeout_s, model.check_bool("durable", durable))
 
     @_measured("session_for_chat")
@@ -173,16 +180,8 @@ class SessionRuntime:
         Cancellation: nothing is opened if cancelled before the write; once
         written, the session is the chat's, and the next call finds it.
         """
-        timeout_s = self.config.session_timeout if timeout is None else model.check_seconds(
-            "timeout", timeout, high=model.MAX_TIMEOUT)
-        fields: dict[str, Any] = dict(
-            user_id=model.check_text("user_id", user_id, max_chars=model.MAX_ID_CHARS),
-            agent=model.check_text("agent", agent, max_chars=model.MAX_NAME_CHARS),
-            chat_id=model.check_text("chat_id", chat_id, max_chars=model.MAX_ID_CHARS),
-            title=model.check_optional_text("title", title, max_chars=model.MAX_TITLE_CHARS),
-            state=model.check_text("state", state, max_chars=model.MAX_NAME_CHARS),
-            metadata=model.check_metadata(metadata),
-        )
+        timeout_s, fields = self._opening(user_id, agent, chat_id, title, state, metadata, timeout,
+                                          chat=model.check_text)
         key = (fields["user_id"], fields["agent"], fields["chat_id"])
         return await self._sup.chats.session_for(key, fields, timeout_s)
 
