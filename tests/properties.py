@@ -64,8 +64,8 @@ async def check_runtime(rt: SessionRuntime, history: History, store: Store, sess
         try:
             await rt.cleanup_old_sessions()
             break
-        except StoreUnavailable:
-            continue
+        except StoreUnavailable:  # also while the lease is being renewed or rejoined: let time pass
+            await trio.sleep(0.1)
     await rt.flush()
     stored = await observe_store(history, store, sessions, rt.config.max_messages, since)
 
