@@ -230,7 +230,5 @@ def test_two_runtimes_on_one_store_match_the_model(data: DataObject, scheduling:
             await b.cleanup_old_sessions()
             await b.flush()  # what b holds reaches the store; check_runtime flushes a
             await check_runtime(a, history, store, sessions, [])
-            handoffs = a.metrics().handoffs_granted + b.metrics().handoffs_granted
-            assert handoffs >= 0  # counted, not required: a short program may never move a session
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
