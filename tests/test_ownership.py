@@ -255,3 +255,26 @@ async def test_runtimes_starting_together_wait_one_renewal_at_most(autojump_cloc
             nursery.start_soon(one, 0.01 * i)
     assert max(opened) <= CONFIG.lease_renew_interval + 0.5, opened
     assert lapses == [0] * 6
+
+
+async def test_a_runtime_that_waited_for_a_lapsing_peer_starts_with_a_whole_lease(
+        autojump_clock: MockClock) -> None:
+    """A start that waits out a peer cut off from the store renews its own lease meanwhile.
+
+    b starts at t=1.5 while a, cut off since t=1, is still live in the store
+    (until t=10), and waits for it. b's lease must then run from a renewal
+    made after the wait, not from its registration before it: b never lapses.
+    """
+    store = MemoryStore()
+    cut_off = FaultyStore(store, outages=[(1.0, 100.0)])
+    async with open_runtime(CONFIG, store=cut_off) as a:
+        await trio.sleep_until(1.5)
+        async with open_runtime(CONFIG, store=store) as b:
+            opened = trio.current_time()
+            assert 10.0 <= opened <= 10.0 + CONFIG.lease_renew_interval
+            session = await b.create("u", "geral")
+            while trio.current_time() < opened + 3 * CONFIG.lease_duration:
+                await b.append_message(session.id, "user", "oi")
+                await trio.sleep(0.5)
+            assert b.metrics().lease_lapses == 0
+            assert a.metrics().lease_lapses == 1

@@ -60,7 +60,7 @@ from loguru import logger
 from ._actor import Hold
 from ._errors import Overloaded, StoreUnavailable
 from ._readthrough import Loaded
-from ._store import Acquired, Store
+from ._store import Acquired, Joined, Store
 
 if TYPE_CHECKING:
     from ._chats import KeyedLocks
@@ -135,34 +135,69 @@ class Ownership:
             await self._renew_forever()
 
     async def _register(self) -> None:
-        lease = self._config.lease_duration
+        """Join the store under a new instance id, then validate the lease.
+
+        Each attempt takes a new id: one whose answer was lost may have been
+        registered, and registering that id again would be refused. A runtime
+        that starts among live ones waits for them (`_wait_for_peers`),
+        renewing its own lease meanwhile; the lease is validated from the last
+        registration or renewal sent, never from one made before a long wait.
+        """
         while True:
-            sent = trio.current_time()
             try:
-                joined = await self._retry.read(self._store.register, self.instance, lease)
+                joined, sent = await self._retry.read(self._join)
             except StoreUnavailable:  # retried with backoff inside; nothing is acknowledged meanwhile
                 await trio.lowlevel.checkpoint()
                 continue
             # Shared from the start: nothing was created here while alone.
             self.shared = self._announced = joined.shared
             if joined.shared:
-                await self._wait_for_peers(joined.at)
+                renewed = await self._wait_for_peers(joined.at, sent)
+                if renewed is None:  # this registration lapsed meanwhile: join again
+                    continue
+                sent = renewed
             self._validate(sent)
             return
 
-    async def _wait_for_peers(self, since: float) -> None:
+    async def _join(self) -> tuple[Joined, float]:
+        """One attempt at registering, under a fresh id; with the Trio time it was sent."""
+        self.instance = uuid.uuid4()
+        sent = trio.current_time()
+        return await self._store.register(self.instance, self._config.lease_duration), sent
+
+    async def _wait_for_peers(self, since: float, sent: float) -> float | None:
         """Wait until no live instance may hold a create unflushed that this one would miss.
 
         Each of them commits its creates before returning them once it knows
         it is not alone, and says so at its next renewal (`Store.unaware`):
         at most `lease_renew_interval` after this start, or never for one
         that lapses meanwhile, which stops counting at `lease_duration`.
+        This instance renews its own lease every `lease_renew_interval`
+        meanwhile. Returns when the last renewal (or the registration) was
+        sent, or None if this instance's lease ran out first.
         """
-        poll = self._config.lease_renew_interval / 8
+        config = self._config
+        poll = config.lease_renew_interval / 8
         while True:
+            if trio.current_time() >= sent + config.lease_renew_interval:
+                if trio.current_time() >= sent + config.lease_duration - self._margin:
+                    await trio.lowlevel.checkpoint()
+                    return None  # the store did not answer in time: this lease may have lapsed
+                asked = trio.current_time()
+                try:
+                    peers = await self._store.renew(self.instance, config.lease_duration, shared=True)
+                except StoreUnavailable as exc:
+                    self._retry.last_error = str(exc)
+                else:
+                    if peers is None:
+                        return None
+                    sent = asked
+                    if not peers:  # alone after all
+                        self.shared = self._announced = False
+                        return sent
             try:
                 if not await self._retry.read(self._store.unaware, self.instance, since):
-                    return
+                    return sent
             except StoreUnavailable:  # retried with backoff inside: ask again
                 pass
             await trio.sleep(poll)
@@ -227,7 +262,6 @@ class Ownership:
         for session_id in self.owned:
             self._host.deadlines.discard(session_id)
         self.owned.clear()
-        self.instance = uuid.uuid4()
         await self._register()
         self._sweep_now.set()
 
