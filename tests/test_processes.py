@@ -3,7 +3,10 @@
 Real processes share a fresh database and append to the same few sessions,
 each call routed to a random session, as a load balancer would send a
 chat's webhooks to any worker. One process is closed and replaced by a new
-one (a rolling restart); one is killed with SIGKILL in the middle. Another,
+one (a rolling restart); one is killed with SIGKILL in the middle; one
+reaches the database through a TCP proxy that cuts all its connections
+twice (a commit's answer may be lost) and refuses new ones for a while,
+shorter than a lease. Another,
 writing alone to a session of its own and flushing seldom, is frozen with
 SIGSTOP for longer than its lease while it holds unflushed changes; the
 test process takes that session over and changes it; when the frozen one
@@ -11,8 +14,9 @@ wakes, its late flush must be fenced, not written over the new owner's
 change. Afterwards every session's messages are numbered 1..n without a
 gap, every write a process acknowledged is stored (for the killed and the
 frozen process: every durable one; what they acknowledged and had not
-flushed is the bound of write-behind, README "Several processes"), and each
-caller's writes to a session are stored in the order it made them.
+flushed is the bound of write-behind, README "Several processes"; the cut
+one loses nothing), and each caller's writes to a session are stored in the
+order it made them.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from uuid import UUID
 import trio
 
 from trio_sessions import PostgresStore, RuntimeConfig, open_runtime
+
+from .proxy import Proxy
 
 # Short leases so that a dead owner is outlived within the test's few seconds.
 SETTINGS = dict(flush_interval=0.05, lease_duration=3.0, lease_renew_interval=0.5, handoff_poll_interval=0.1)
@@ -55,7 +61,7 @@ async def main(url, name, seconds, ids, flush_interval, durable_every):
                 try:
                     await rt.append_message(session_id, "user", content, durable=durable)
                 except SessionError as exc:
-                    print("error", type(exc).__name__, session_id, content, flush=True)
+                    print("error", type(exc).__name__, session_id, content, "|", exc, flush=True)
                 else:
                     print("ack", "d" if durable else "n", session_id, content, flush=True)
                 await trio.sleep(0)
@@ -63,7 +69,7 @@ async def main(url, name, seconds, ids, flush_interval, durable_every):
         async with trio.open_nursery() as nursery:
             for k in range(4):
                 nursery.start_soon(caller, k)
-    print("fenced", rt.metrics().fenced_sessions, flush=True)
+    print("fenced", rt.metrics().fenced_sessions, "lapses", rt.metrics().lease_lapses, flush=True)
     print("closed", flush=True)
 
 trio.run(main, sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4], float(sys.argv[5]),
@@ -121,11 +127,12 @@ async def test_processes_sharing_sessions_lose_nothing_acknowledged(postgres_url
     steady = [Worker("a", ids), Worker("b", ids)]
     restarted = [Worker("r1", ids, seconds=2.0), Worker("r2", ids, seconds=3.0)]
     killed = Worker("k", ids, seconds=60.0)
+    cut = Worker("c", ids)  # through the proxy, which cuts its connections
     # Non-durable writes and a slow flush: it holds unflushed changes when it stops.
     frozen = Worker("f", str(own.id), flush_interval=1.0, durable_every=0)
     with trio.fail_after(120):  # a stuck hand-off shows as this, not as a hung suite
-        await run_workers(postgres_url, config, steady, restarted, killed, frozen, own.id, tmp_path)
-    steady += restarted
+        await run_workers(postgres_url, config, steady, restarted, killed, frozen, own.id, tmp_path, cut)
+    steady += [*restarted, cut]
     assert killed.process is not None and killed.process.returncode == -signal.SIGKILL
     for worker in [*steady, frozen]:
         assert worker.process is not None and worker.process.returncode == 0, (
@@ -135,7 +142,10 @@ async def test_processes_sharing_sessions_lose_nothing_acknowledged(postgres_url
     assert int(frozen.lines[-2].split()[1]) >= 1, frozen.lines[-12:]
     # A caller of the frozen process may be told StoreUnavailable (its call was refused as
     # the lease lapsed: retry); nobody else sees an error.
-    assert not [line for worker in [*steady, killed] for line in worker.errors()]
+    # A call of the cut process that needed the store while it was out of reach may be told
+    # StoreUnavailable (after read_attempts); nothing it acknowledged may be lost.
+    assert not [line for worker in [*steady, killed] if worker is not cut for line in worker.errors()]
+    assert {line.split()[1] for line in cut.errors()} <= {"StoreUnavailable"}
     assert {line.split()[1] for line in frozen.errors()} <= {"SessionMoved", "StoreUnavailable"}
 
     store = PostgresStore(postgres_url)
@@ -164,26 +174,50 @@ async def test_processes_sharing_sessions_lose_nothing_acknowledged(postgres_url
         for made in by_caller.values():
             assert made == sorted(made), session_id
     acknowledged = sum(len(w.acks()) for w in [*steady, killed, frozen])
+    print(f"the cut process: {len(cut.acks())} acknowledged, all stored; {len(cut.errors())} calls refused; "
+          f"{cut.lines[-2]}; a steady one acknowledged {len(steady[0].acks())}")
     print(f"{acknowledged} acknowledged, {len(everything)} stored; non-durable writes lost by the "
           f"killed process: {len(set(killed.acks()) - everything)}, fenced from the frozen one: "
           f"{len(set(frozen.acks()) - everything)}")
 
 
 async def run_workers(url: str, config: RuntimeConfig, steady: list[Worker], restarted: list[Worker],
-                      killed: Worker, frozen: Worker, own: UUID, errors: Path) -> None:
-    """Run the workers; a second in, kill one, and freeze another while this process takes its session."""
+                      killed: Worker, frozen: Worker, own: UUID, errors: Path, cut: Worker) -> None:
+    """Run the workers; a second in, kill one, and freeze another while this process takes its session.
+
+    Meanwhile the proxy in front of `cut` breaks its connections twice.
+    """
+    async with trio.open_nursery() as outer:
+        proxy = Proxy(url)
+        await outer.start(proxy.run)
+        await _run_workers(url, config, steady, restarted, killed, frozen, own, errors, cut, proxy)
+        outer.cancel_scope.cancel()  # stop listening
+
+
+async def _run_workers(url: str, config: RuntimeConfig, steady: list[Worker], restarted: list[Worker],
+                       killed: Worker, frozen: Worker, own: UUID, errors: Path, cut: Worker,
+                       proxy: Proxy) -> None:
     async with trio.open_nursery() as nursery:
         for worker in [*steady, killed, frozen]:
             nursery.start_soon(worker.run, url, errors)
+        nursery.start_soon(cut.run, proxy.url, errors)
+
+        async def cut_twice() -> None:
+            await cut.ready.wait()
+            await trio.sleep(0.7)  # noqa: ASYNC900 - while the workers write
+            assert proxy.cut(refuse_for=0.5) >= 2  # the pool's and the lease's connections
+            await trio.sleep(1.3)  # noqa: ASYNC900 - while the workers write
+            proxy.cut(refuse_for=1.0)  # (none if the first killed it: its exit status tells)
 
         async def one_after_the_other() -> None:
             first, then = restarted
             await first.run(url, errors)
             await then.run(url, errors)
 
+        nursery.start_soon(cut_twice)
         nursery.start_soon(one_after_the_other)
         with trio.fail_after(60):
-            for worker in [*steady, killed, frozen]:
+            for worker in [*steady, killed, frozen, cut]:
                 await worker.ready.wait()
         await trio.sleep(1.0)  # noqa: ASYNC900 - the children write on their own; the load's length
         assert killed.process is not None and frozen.process is not None
