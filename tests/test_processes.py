@@ -22,6 +22,7 @@ order it made them.
 from __future__ import annotations
 
 import itertools
+import os
 import signal
 import sys
 from collections import defaultdict
@@ -33,6 +34,10 @@ import trio
 from trio_sessions import PostgresStore, RuntimeConfig, open_runtime
 
 from .proxy import Proxy
+
+#: How long the fault run's workers write: 6 s in the suite. `FAULT_SECONDS=300` makes a long run
+#: on demand (more rolling restarts, SIGKILLs and connection cuts; the same checks).
+FAULT_SECONDS = float(os.environ.get("FAULT_SECONDS", "6"))
 
 # Short leases so that a dead owner is outlived within the test's few seconds.
 SETTINGS = dict(flush_interval=0.05, lease_duration=3.0, lease_renew_interval=0.5, handoff_poll_interval=0.1)
@@ -123,28 +128,30 @@ async def test_processes_sharing_sessions_lose_nothing_acknowledged(postgres_url
         sessions = [await rt.create(f"u{i}", "geral", durable=True) for i in range(6)]
         own = await rt.create("f", "geral", durable=True)  # the frozen process's session
     ids = ",".join(str(s.id) for s in sessions)
-    # a and b run throughout; r1 closes after 2 s and r2 takes its place (a rolling restart).
-    steady = [Worker("a", ids), Worker("b", ids)]
-    restarted = [Worker("r1", ids, seconds=2.0), Worker("r2", ids, seconds=3.0)]
-    killed = Worker("k", ids, seconds=60.0)
-    cut = Worker("c", ids)  # through the proxy, which cuts its connections
+    # a and b run throughout; r1 closes after 2 s and r2 takes its place (a rolling restart),
+    # and so on in a long run.
+    steady = [Worker("a", ids, seconds=FAULT_SECONDS), Worker("b", ids, seconds=FAULT_SECONDS)]
+    restarted = [Worker(f"r{i}", ids, seconds=2.0 if i == 1 else 3.0)
+                 for i in range(1, max(2, round(FAULT_SECONDS / 3)) + 1)]
+    killed = [Worker(f"k{i}", ids, seconds=10**6) for i in range(1, max(1, round(FAULT_SECONDS / 6)) + 1)]
+    cut = Worker("c", ids, seconds=FAULT_SECONDS)  # through the proxy, which cuts its connections
     # Non-durable writes and a slow flush: it holds unflushed changes when it stops.
     frozen = Worker("f", str(own.id), flush_interval=1.0, durable_every=0)
-    with trio.fail_after(120):  # a stuck hand-off shows as this, not as a hung suite
+    with trio.fail_after(120 + 2 * FAULT_SECONDS):  # a stuck hand-off shows as this, not as a hung suite
         await run_workers(postgres_url, config, steady, restarted, killed, frozen, own.id, tmp_path, cut)
     steady += [*restarted, cut]
-    assert killed.process is not None and killed.process.returncode == -signal.SIGKILL
+    for worker in killed:
+        assert worker.process is not None and worker.process.returncode == -signal.SIGKILL
     for worker in [*steady, frozen]:
         assert worker.process is not None and worker.process.returncode == 0, (
             worker.name, worker.stderr.read_text()[-3000:])
         assert worker.lines[-1] == "closed"
     # The frozen process's late changes were fenced, not written over the new owner's.
     assert int(frozen.lines[-2].split()[1]) >= 1, frozen.lines[-12:]
-    # A caller of the frozen process may be told StoreUnavailable (its call was refused as
-    # the lease lapsed: retry); nobody else sees an error.
-    # A call of the cut process that needed the store while it was out of reach may be told
-    # StoreUnavailable (after read_attempts); nothing it acknowledged may be lost.
-    assert not [line for worker in [*steady, killed] if worker is not cut for line in worker.errors()]
+    # A caller of the frozen process may be told StoreUnavailable (its call was refused as the
+    # lease lapsed: retry), and one of the cut process (its call needed the store while it was out
+    # of reach, past read_attempts); nobody else sees an error.
+    assert not [line for worker in [*steady, *killed] if worker is not cut for line in worker.errors()]
     assert {line.split()[1] for line in cut.errors()} <= {"StoreUnavailable"}
     assert {line.split()[1] for line in frozen.errors()} <= {"SessionMoved", "StoreUnavailable"}
 
@@ -162,7 +169,8 @@ async def test_processes_sharing_sessions_lose_nothing_acknowledged(postgres_url
     assert taken_over is not None and taken_over[0].title == "taken over"
     assert "test t 1" in stored[own.id]
     everything = {(session_id, content) for session_id, contents in stored.items() for content in contents}
-    must = {*(ack for worker in steady for ack in worker.acks()), *killed.acks(durable_only=True)}
+    must = {*(ack for worker in steady for ack in worker.acks()),
+            *(ack for worker in killed for ack in worker.acks(durable_only=True))}
     missing = must - everything
     assert not missing, f"{len(missing)} acknowledged writes lost, e.g. {sorted(missing)[:3]}"
     # Each caller's writes to one session, in the order it made them.
@@ -173,61 +181,74 @@ async def test_processes_sharing_sessions_lose_nothing_acknowledged(postgres_url
             by_caller[name, caller].append(int(made))
         for made in by_caller.values():
             assert made == sorted(made), session_id
-    acknowledged = sum(len(w.acks()) for w in [*steady, killed, frozen])
+    acknowledged = sum(len(w.acks()) for w in [*steady, *killed, frozen])
     print(f"the cut process: {len(cut.acks())} acknowledged, all stored; {len(cut.errors())} calls refused; "
           f"{cut.lines[-2]}; a steady one acknowledged {len(steady[0].acks())}")
+    lost_by_killed = sum(len(set(w.acks()) - everything) for w in killed)
     print(f"{acknowledged} acknowledged, {len(everything)} stored; non-durable writes lost by the "
-          f"killed process: {len(set(killed.acks()) - everything)}, fenced from the frozen one: "
+          f"killed processes: {lost_by_killed}, fenced from the frozen one: "
           f"{len(set(frozen.acks()) - everything)}")
 
 
 async def run_workers(url: str, config: RuntimeConfig, steady: list[Worker], restarted: list[Worker],
-                      killed: Worker, frozen: Worker, own: UUID, errors: Path, cut: Worker) -> None:
-    """Run the workers; a second in, kill one, and freeze another while this process takes its session.
+                      killed: list[Worker], frozen: Worker, own: UUID, errors: Path, cut: Worker) -> None:
+    """Run the workers with their faults.
 
-    Meanwhile the proxy in front of `cut` breaks its connections twice.
+    A second in, kill the first of `killed` and freeze `frozen` while this
+    process takes its session over; the others of `killed` are started and
+    killed one after another. Throughout, the proxy in front of `cut` breaks
+    its connections every couple of seconds.
     """
     async with trio.open_nursery() as outer:
         proxy = Proxy(url)
         await outer.start(proxy.run)
-        await _run_workers(url, config, steady, restarted, killed, frozen, own, errors, cut, proxy)
+        async with trio.open_nursery() as nursery:
+            for worker in [*steady, killed[0], frozen]:
+                nursery.start_soon(worker.run, url, errors)
+            nursery.start_soon(cut.run, proxy.url, errors)
+            nursery.start_soon(cut_now_and_then, cut, proxy)
+            nursery.start_soon(one_after_the_other, restarted, url, errors)
+            with trio.fail_after(60):
+                for worker in [*steady, killed[0], frozen, cut]:
+                    await worker.ready.wait()
+            await trio.sleep(1.0)  # noqa: ASYNC900 - the children write on their own; the load's length
+            kill(killed[0])
+            assert frozen.process is not None
+            frozen.process.send_signal(signal.SIGSTOP)
+            # Taken over once the frozen process's lease lapses; then it wakes.
+            async with open_runtime(config, store=PostgresStore(url, config)) as rt:
+                await rt.update(own, title="taken over", durable=True)
+                await rt.append_message(own, "user", "test t 1", durable=True)
+            frozen.process.send_signal(signal.SIGCONT)
+            for worker in killed[1:]:
+                nursery.start_soon(worker.run, url, errors)
+                await worker.ready.wait()
+                await trio.sleep(1.0)  # noqa: ASYNC900 - while it writes
+                kill(worker)
+                await trio.sleep(2.0)  # noqa: ASYNC900 - the others take its sessions over
         outer.cancel_scope.cancel()  # stop listening
 
 
-async def _run_workers(url: str, config: RuntimeConfig, steady: list[Worker], restarted: list[Worker],
-                       killed: Worker, frozen: Worker, own: UUID, errors: Path, cut: Worker,
-                       proxy: Proxy) -> None:
-    async with trio.open_nursery() as nursery:
-        for worker in [*steady, killed, frozen]:
-            nursery.start_soon(worker.run, url, errors)
-        nursery.start_soon(cut.run, proxy.url, errors)
+def kill(worker: Worker) -> None:
+    assert worker.process is not None
+    worker.process.send_signal(signal.SIGKILL)
 
-        async def cut_twice() -> None:
-            await cut.ready.wait()
-            await trio.sleep(0.7)  # noqa: ASYNC900 - while the workers write
-            assert proxy.cut(refuse_for=0.5) >= 2  # the pool's and the lease's connections
-            await trio.sleep(1.3)  # noqa: ASYNC900 - while the workers write
-            proxy.cut(refuse_for=1.0)  # (none if the first killed it: its exit status tells)
 
-        async def one_after_the_other() -> None:
-            first, then = restarted
-            await first.run(url, errors)
-            await then.run(url, errors)
+async def one_after_the_other(workers: list[Worker], url: str, errors: Path) -> None:  # noqa: ASYNC910 - never empty
+    for worker in workers:
+        await worker.run(url, errors)
 
-        nursery.start_soon(cut_twice)
-        nursery.start_soon(one_after_the_other)
-        with trio.fail_after(60):
-            for worker in [*steady, killed, frozen, cut]:
-                await worker.ready.wait()
-        await trio.sleep(1.0)  # noqa: ASYNC900 - the children write on their own; the load's length
-        assert killed.process is not None and frozen.process is not None
-        killed.process.send_signal(signal.SIGKILL)
-        frozen.process.send_signal(signal.SIGSTOP)
-        # Taken over once the frozen process's lease lapses; then it wakes.
-        async with open_runtime(config, store=PostgresStore(url, config)) as rt:
-            await rt.update(own, title="taken over", durable=True)
-            await rt.append_message(own, "user", "test t 1", durable=True)
-        frozen.process.send_signal(signal.SIGCONT)
+
+async def cut_now_and_then(cut: Worker, proxy: Proxy) -> None:
+    """Break the cut worker's connections 0.7 s after it is ready, then every 2 s while it writes."""
+    await cut.ready.wait()
+    await trio.sleep(0.7)  # noqa: ASYNC900 - while the workers write
+    assert proxy.cut(refuse_for=0.5) >= 2  # the pool's and the lease's connections
+    end = trio.current_time() + cut.seconds - 2.0
+    refusals = itertools.cycle([1.0, 0.5])
+    while trio.current_time() < end:
+        await trio.sleep(2.0)  # noqa: ASYNC900 - while the workers write
+        proxy.cut(refuse_for=next(refusals))  # (none if an earlier cut killed it: its exit status tells)
 
 
 # Chats: each caller takes a chat's session and its turn for every message (chat_turn), appends
