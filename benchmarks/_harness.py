@@ -43,6 +43,7 @@ SCENARIOS: Final = {
     "s7": "benchmarks.s7_latency",
     "s8": "benchmarks.s8_handoff",
     "s9": "benchmarks.s9_chat",
+    "s10": "benchmarks.s10_processes",
 }
 
 #: The environment variable through which the suite hands its PostgreSQL
