@@ -26,6 +26,7 @@ from trio_sessions._demo_ledger import (
     exchange_problems,
     question,
 )
+from trio_sessions._demo_processes import run_processes
 from trio_sessions._model import Message
 
 #: A timestamp for hand-made snapshots and messages.
@@ -45,7 +46,7 @@ async def test_demo_expires_sessions_and_its_check_passes(
         postgres_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     args = parse_args(["demo", "--duration", "4", "--users", "30", "--timeout", "1.5", "--seed", "7"])
     options = DemoOptions.from_args(args)
-    assert options == DemoOptions(duration=4.0, users=30, timeout=1.5, seed=7)
+    assert options == DemoOptions(duration=4.0, users=30, timeout=1.5, seed=7, processes=1)
 
     code = await run_demo(options, postgres_url)
 
@@ -64,6 +65,26 @@ async def test_demo_expires_sessions_and_its_check_passes(
     assert re.search(rf"^check passed: {created:,} sessions, [\d,]+ messages match$", out, re.M), out
     assert re.search(r"^check passed: [\d,]+ chats never had two active sessions at once, "
                      r"[\d,]+ exchanges were never interleaved$", out, re.M), out
+
+
+async def test_demo_in_three_processes_hands_chats_over_and_its_check_passes(
+        postgres_url: str, capfd: pytest.CaptureFixture[str]) -> None:
+    """`demo --processes 3`: every user's messages reach any of three workers; the merged check holds."""
+    args = parse_args(["demo", "--duration", "4", "--users", "20", "--timeout", "1.5", "--seed", "3",
+                       "--processes", "3"])
+    options = DemoOptions.from_args(args)
+    assert options.processes == 3
+
+    code = await run_processes(options, postgres_url)
+
+    out = capfd.readouterr().out
+    assert code == 0, out
+    workers = re.findall(r"^w(\d) summary: [\d,]+ operations .* hand-offs asked ([\d,]+), received ([\d,]+), "
+                         r"granted ([\d,]+); fenced sessions (\d+), lease lapses (\d+)$", out, re.M)
+    assert sorted(worker[0] for worker in workers) == ["0", "1", "2"], out
+    assert sum(int(worker[3].replace(",", "")) for worker in workers) > 0, out  # chats moved
+    assert re.search(r"^check passed: [\d,]+ sessions, [\d,]+ messages match", out, re.M), out
+    assert re.search(r"^check passed: [\d,]+ chats never had two active sessions at once", out, re.M), out
 
 
 async def test_demo_answers_in_the_chat_sessions_an_earlier_run_left_active(

@@ -95,7 +95,8 @@ def test_imports_point_downwards() -> None:
 
 def test_every_module_has_a_place_in_the_layers() -> None:
     unplaced = {name.split(".")[0] for name in modules()} - set(RANKS)
-    assert unplaced <= {"__init__", "__main__", "_cli", "_demo", "_demo_ledger", "testing", "prometheus"}
+    assert unplaced <= {"__init__", "__main__", "_cli", "_demo", "_demo_ledger", "_demo_processes", "testing",
+                        "prometheus"}
 
 
 def test_only_the_bridge_imports_asyncio() -> None:

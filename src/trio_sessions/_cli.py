@@ -134,6 +134,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              help="session timeout: idle sessions expire after it (default: 8)")
     demo_parser.add_argument("--seed", type=int, default=None, metavar="N",
                              help="seed of the users' choices (default: random, printed)")
+    demo_parser.add_argument("--processes", type=_positive_int, default=1, metavar="N",
+                             help="worker processes on the one database, each serving every user "
+                             "(any of them may get a user's next message); default: 1")
     commands.add_parser("migrate", parents=[common], help="apply the schema migrations to DATABASE_URL",
                         description="Apply pending schema migrations to the database of DATABASE_URL.")
     # Only listed here: main() hands `bench` and everything after it to the suite's own parser.

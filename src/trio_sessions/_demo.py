@@ -66,6 +66,9 @@ TWO_AT_ONCE: Final = 0.2
 #: Times a message asks for the chat's session and finds it ended before it gives up (a problem).
 TURN_ATTEMPTS: Final = 3
 
+#: Each process of `demo --processes N` numbers its users' messages from its own multiple of this.
+WORKER_NUMBERS: Final = 1_000_000_000
+
 #: Seconds between progress lines.
 PROGRESS_EVERY: Final = 5.0
 #: The check's event subscription holds this many events, so that it never drops one.
@@ -87,12 +90,15 @@ class DemoOptions:
     timeout: float
     #: Seed of every user's and webhook's random choices.
     seed: int
+    #: Worker processes on the one database (`_demo_processes`); 1: this process alone.
+    processes: int = 1
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> DemoOptions:
         """The options of a parsed `demo` command line; a random seed when none was given."""
         seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**32)
-        return cls(duration=args.duration, users=args.users, timeout=args.timeout, seed=seed)
+        return cls(duration=args.duration, users=args.users, timeout=args.timeout, seed=seed,
+                   processes=args.processes)
 
 
 @dataclass(slots=True)
@@ -166,15 +172,24 @@ class Simulation:
     the ledger knows the outcome of every call.
     """
 
-    def __init__(self, rt: SessionRuntime, options: DemoOptions, ledger: Ledger, tally: Tally) -> None:
+    def __init__(self, rt: SessionRuntime, options: DemoOptions, ledger: Ledger, tally: Tally, *,
+                 worker: int | None = None) -> None:
         self.rt = rt
         self.options = options
         self.ledger = ledger
         self.tally = tally
+        #: This process's number in `demo --processes N` (None alone): user i is the same user,
+        #: on the same chat, in every process, but makes other choices in each.
+        self.worker = worker
         self.start = trio.current_time()
         self.end = self.start + options.duration
         #: Sessions waiting for the payment webhook (a dict as an ordered set).
         self.awaiting: dict[UUID, None] = {}
+
+    @property
+    def name(self) -> str:
+        """How this process's lines begin: nothing alone, `w0 ` and so on among several."""
+        return "" if self.worker is None else f"w{self.worker} "
 
     def over(self) -> bool:
         return trio.current_time() >= self.end
@@ -204,10 +219,13 @@ class Simulation:
             await trio.sleep_until(last_time + PROGRESS_EVERY)
             now, metrics = trio.current_time(), self.rt.metrics()
             ops = total_operations(metrics)
-            print(f"[{now - self.start:6.1f}s] {(ops - last_ops) / (now - last_time):8,.0f} ops/s"
+            shared = "" if self.worker is None else (
+                f"  hand-offs asked {metrics.handoffs_requested:,} granted {metrics.handoffs_granted:,}"
+                f"  fenced {metrics.fenced_sessions:,}")
+            print(f"{self.name}[{now - self.start:6.1f}s] {(ops - last_ops) / (now - last_time):8,.0f} ops/s"
                   f"  live {metrics.live_sessions:,}  resident {metrics.resident:,}"
                   f"  pending writes {metrics.pending_writes:,}  flush batches {metrics.flush_batches:,}"
-                  f"  expired {self.tally.expired:,}", flush=True)
+                  f"  expired {self.tally.expired:,}{shared}", flush=True)
             last_time, last_ops = now, ops
 
     # ------------------------------------------------------------------- users
@@ -217,6 +235,9 @@ class Simulation:
         rng = random.Random(f"{self.options.seed}:{index}")
         chat_id = f"55{rng.randint(11, 99)}9{rng.randint(10_000_000, 99_999_999)}@c.us"
         user = User(rng, f"user-{index:05d}", chat_id)
+        if self.worker is not None:  # the same user, other choices; numbers unique across processes
+            user.rng = random.Random(f"{self.options.seed}:{index}:{self.worker}")
+            user.sent = self.worker * WORKER_NUMBERS
         while not self.over():
             if rng.random() < 0.6:
                 await self.chat_conversation(user)
@@ -314,7 +335,9 @@ class Simulation:
         for _ in range(TURN_ATTEMPTS):
             found = self.ledger.chat_session(await self.rt.session_for_chat(
                 chat.user_id, chat.agent, chat.chat_id, title=chat.title, metadata=chat.metadata))
-            if gone is not None and found.id == gone.id:
+            # Alone, the chat's session had no message since `gone`; among several processes the
+            # same user may have gone on writing through another, keeping it active.
+            if gone is not None and found.id == gone.id and self.worker is None:
                 self.ledger.problems.append(
                     f"session {gone.id}: session_for_chat answered it at {found.last_activity.isoformat()}, "
                     f"after it expired at {gone.expires_at.isoformat()}")
@@ -463,8 +486,10 @@ def record_event(event: SessionEvent, ledger: Ledger, tally: Tally) -> None:
     session_id = event.session.id
     if event.kind == "created":
         ledger.announced.add(session_id)
-    elif session_id not in ledger.announced and session_id not in ledger.inherited:
-        return  # a session of an earlier run, expired by this runtime
+    elif (session_id not in ledger.announced and session_id not in ledger.inherited
+          and event.session.metadata.get("run") != ledger.run):
+        return  # a session of an earlier run, expired by this runtime (one of this run may
+        # have been created by another process of `demo --processes`)
     if event.kind == "expired":
         tally.expired += 1
     elif event.kind == "ended":
@@ -555,10 +580,14 @@ def print_summary(elapsed: float, metrics: MetricsSnapshot, ledger: Ledger, tall
 
 async def demo(options: DemoOptions) -> int:
     """`trio-sessions demo`: on `DATABASE_URL`, or on the embedded server, opened here."""
+    from ._demo_processes import run_processes
+
+    run = run_demo if options.processes == 1 else run_processes
     config = RuntimeConfig.from_env()
     if config.database_url is not None:
-        return await run_demo(options, config.database_url)
+        return await run(options, config.database_url)
     # Opened here rather than by the runtime, because the check needs the URL
-    # after the runtime has closed (and one server start serves both).
+    # after the runtime has closed (and one server start serves both, and
+    # every worker process of `--processes`).
     async with open_embedded_postgres(config.resolved_data_dir()) as url:
-        return await run_demo(options, url)
+        return await run(options, url)

@@ -20,10 +20,10 @@ from __future__ import annotations
 import dataclasses
 import re
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 from uuid import UUID
 
 import trio
@@ -93,6 +93,9 @@ class Ledger:
     messages: dict[UUID, list[Message]] = field(default_factory=dict)
     #: Inconsistencies seen while the runtime ran.
     problems: list[str] = field(default_factory=list)
+    #: Other processes write to the same sessions (`demo --processes N`): this ledger knows only
+    #: the messages this process appended, each at the `seq` its answer gave it.
+    shared: bool = False
 
     def observe(self, session: Session) -> Session:
         """Keep `session` if it is the newest version seen; return it."""
@@ -123,7 +126,11 @@ class Ledger:
         messages = self.messages.get(session.id)
         if messages is None:  # inherited: what it held before is not known
             return self.observe(session)
-        if session.message_count != len(messages) + 1:
+        if self.shared:
+            if messages and messages[-1].seq >= session.message_count:
+                self.problems.append(f"session {session.id}: append_message answered message_count "
+                                     f"{session.message_count} after {messages[-1].seq}")
+        elif session.message_count != len(messages) + 1:
             self.problems.append(f"session {session.id}: append_message answered message_count "
                                  f"{session.message_count}, expected {len(messages) + 1}")
         # The actor stamps the message and the activity with the same instant.
@@ -135,6 +142,14 @@ class Ledger:
         appended = self.messages.get(session_id)
         if appended is None:
             return  # inherited
+        if self.shared:  # of the others' messages only their numbering is known here
+            known = {message.seq: message for message in appended}
+            seqs = [message.seq for message in context]
+            consecutive = seqs == list(range(seqs[0], seqs[0] + len(seqs))) if seqs else not appended
+            if not consecutive or any(known.get(message.seq, message) != message for message in context):
+                self.problems.append(f"session {session_id}: context() answered seq {seqs}, which "
+                                     f"disagrees with the messages this process appended")
+            return
         expected = tuple(appended[-limit:])
         if tuple(context) != expected:
             self.problems.append(f"session {session_id}: context() answered {len(context)} messages "
@@ -144,6 +159,35 @@ class Ledger:
     def sessions(self) -> list[Session]:
         """The newest snapshot of every session of the run (inherited ones included)."""
         return [self.newest[session_id] for session_id in self.created | self.inherited]
+
+    def to_json(self) -> dict[str, Any]:
+        """The ledger as plain JSON values, for the parent of `demo --processes N` (`merge`)."""
+        return {
+            "run": self.run, "created": sorted(map(str, self.created)),
+            "inherited": sorted(map(str, self.inherited)), "announced": sorted(map(str, self.announced)),
+            "newest": [session.to_dict() for session in self.newest.values()],
+            "messages": {str(session_id): [[m.seq, m.role, m.content, m.created_at.isoformat()]
+                                           for m in appended]
+                         for session_id, appended in self.messages.items()},
+            "problems": self.problems,
+        }
+
+    def merge(self, data: Mapping[str, Any], where: str) -> None:
+        """Add another process's ledger (`to_json`): the newest snapshots, and its messages by `seq`."""
+        self.created.update(map(UUID, data["created"]))
+        self.inherited.update(map(UUID, data["inherited"]))
+        self.announced.update(map(UUID, data["announced"]))
+        for session in data["newest"]:
+            self.observe(Session.from_dict(session))
+        for session_id, appended in data["messages"].items():
+            by_seq = {m.seq: m for m in self.messages.get(UUID(session_id), [])}
+            for seq, role, content, at in appended:
+                message = Message(seq, role, content, datetime.fromisoformat(at))
+                if by_seq.setdefault(seq, message) != message:
+                    self.problems.append(f"session {session_id}: two messages acknowledged at seq {seq}: "
+                                         f"{by_seq[seq].content!r} and {content!r} ({where})")
+            self.messages[UUID(session_id)] = sorted(by_seq.values(), key=lambda m: m.seq)
+        self.problems.extend(f"{where}: {problem}" for problem in data["problems"])
 
     def exchanges(self) -> int:
         """The exchanges this run completed: the answers it appended."""
