@@ -31,7 +31,7 @@ from trio_sessions.testing import (
     run_workload,
 )
 
-from .properties import check_runtime, collect_events, resident_watch
+from .properties import check_runtime, check_shared_events, collect_events, resident_watch
 
 # Small limits, so that passivation, eviction, batching and context trimming
 # all happen within a few dozen calls.
@@ -217,7 +217,11 @@ def test_two_runtimes_on_one_store_match_the_model(data: DataObject, scheduling:
     store = MemoryStore()
 
     async def main() -> None:
-        async with open_runtime(CONFIG, store=store) as a, open_runtime(CONFIG, store=store) as b:
+        streams: list[list[SessionEvent]] = [[], []]
+        async with trio.open_nursery() as nursery, open_runtime(CONFIG, store=store) as a, \
+                open_runtime(CONFIG, store=store) as b:
+            for rt, events in zip((a, b), streams, strict=True):
+                await nursery.start(collect_events, rt, events)
             history = History()
             watch_a, watch_b = resident_watch(a), resident_watch(b)
 
@@ -230,5 +234,6 @@ def test_two_runtimes_on_one_store_match_the_model(data: DataObject, scheduling:
             await b.cleanup_old_sessions()
             await b.flush()  # what b holds reaches the store; check_runtime flushes a
             await check_runtime(a, history, store, sessions, [])
+        check_shared_events(streams)
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
