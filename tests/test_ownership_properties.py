@@ -88,6 +88,10 @@ def test_a_frozen_or_crashed_runtime_loses_no_durable_write(data: DataObject, sc
                 if (answered := durable.get(session_id)) is not None:
                     row = loaded[0]
                     assert row.version > answered.version or row == answered, (answered, row)
+                    # ... and what only grows (notes, messages) or never comes back (an end) holds.
+                    assert row.notes[:len(answered.notes)] == answered.notes, (answered, row)
+                    assert row.message_count >= answered.message_count, (answered, row)
+                    assert answered.is_active or row.end_reason == answered.end_reason, (answered, row)
             stored.update(((session_id, m.seq), m.content) for m in messages)
 
     trio.run(read)
