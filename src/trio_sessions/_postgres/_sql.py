@@ -102,6 +102,45 @@ SELECT * FROM unnest($1::uuid[], $2::integer[], $3::text[], $4::text[], $5::time
 ON CONFLICT (session_id, seq) DO NOTHING
 """
 
+# The durable feed's events of a batch (migration 0006), in the order given
+# (ordinality: the ids of one transaction follow it, so a session's events
+# are in version order). The transaction id and the time are the columns'
+# defaults: pg_current_xact_id() and now() of this transaction. A retried
+# write whose first try committed finds its events stored and adds none.
+INSERT_EVENTS: Final = """
+INSERT INTO session_events (kind, session_id, version, user_id, agent, chat_id, state, is_active, end_reason)
+SELECT kind, session_id, version, user_id, agent, chat_id, state, is_active, end_reason
+FROM unnest($1::text[], $2::uuid[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[],
+            $8::boolean[], $9::text[]) WITH ORDINALITY
+     AS e (kind, session_id, version, user_id, agent, chat_id, state, is_active, end_reason, n)
+ORDER BY n
+ON CONFLICT DO NOTHING
+"""
+
+# The events after the position ($1 xid, as text, $2 id), committed for good:
+# below the xmin of this statement's snapshot no transaction is running and
+# none can start, so no event can ever appear before the last one returned
+# (see migration 0006 and trio_sessions._feed).
+READ_EVENTS: Final = """
+SELECT xid::text, id, kind, session_id, user_id, agent, chat_id, state, is_active, end_reason, version, at
+FROM session_events
+WHERE (xid, id) > ($1::text::xid8, $2::bigint) AND xid < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY xid, id
+LIMIT $3
+"""
+
+# Of the $2 first events by position, those older than $1 seconds of the
+# database's time: a bounded delete that walks the position index only.
+PRUNE_EVENTS: Final = """
+WITH pruned AS (
+    DELETE FROM session_events
+    WHERE (xid, id) IN (SELECT xid, id FROM session_events ORDER BY xid, id LIMIT $2)
+      AND at <= now() - $1 * INTERVAL '1 second'
+    RETURNING 1
+)
+SELECT count(*)::integer FROM pruned
+"""
+
 DELETE_MESSAGES: Final = "DELETE FROM session_messages WHERE session_id = ANY($1::uuid[])"
 DELETE_SESSIONS: Final = "DELETE FROM sessions WHERE id = ANY($1::uuid[])"
 
