@@ -10,7 +10,8 @@
 -- whose `xid` is below the xmin of its own snapshot (no transaction below it
 -- is still running, and none can start there), and orders them by
 -- `(xid, id)`. The set of events below a reader's xmin is final, so a cursor
--- `(xid, id)` never passes an event that commits later.
+-- `(xid, id)` never passes an event that commits later. The primary key is
+-- the position: reads and pruning walk it.
 CREATE TABLE session_events (
     xid         xid8        NOT NULL DEFAULT pg_current_xact_id(),
     id          bigint      GENERATED ALWAYS AS IDENTITY,
@@ -25,10 +26,13 @@ CREATE TABLE session_events (
     state       text        NOT NULL,
     is_active   boolean     NOT NULL,
     end_reason  text,
-    -- A retried write whose first try committed (its answer was lost) adds no
-    -- second copy: an event is one change of one session, at one version.
-    PRIMARY KEY (session_id, version, kind)
+    PRIMARY KEY (xid, id)
 );
 
--- Reading in position order, and pruning the oldest first.
-CREATE INDEX session_events_position_idx ON session_events (xid, id);
+-- A lifecycle event (created, ended, expired, deleted) is one change of one
+-- session at one version: a retried write whose first try committed (its
+-- answer was lost) adds no second copy. "updated" events need no index: they
+-- are inserted from the rows the write's version-guarded upsert returns, and
+-- a retry's upsert writes (and returns) none.
+CREATE UNIQUE INDEX session_events_lifecycle_idx ON session_events (session_id, version, kind)
+    WHERE kind <> 'updated';

@@ -425,7 +425,8 @@ async def test_feed_events_are_read_in_order_after_a_cursor(store: Store) -> Non
     a2 = dataclasses.replace(a, version=2, state="waiting")
     a3 = dataclasses.replace(a2, version=3, is_active=False, ended_at=T0, end_reason="done")
     await store.write(WriteBatch((a, b), (), (), events=recorded(("created", a), ("created", b))))
-    await store.write(WriteBatch((a3,), (), (), events=recorded(("updated", a2), ("ended", a3))))
+    await store.write(WriteBatch((a2,), (), (), events=recorded(("updated", a2))))
+    await store.write(WriteBatch((a3,), (), (), events=recorded(("ended", a3))))
     await store.write(WriteBatch((), (), (b.id,), events=(SessionEvent("deleted", b),)))
     events = await store.read_events(None, 100)
     assert shown(events) == [("created", a.id, 1), ("created", b.id, 1), ("updated", a.id, 2),
@@ -457,22 +458,40 @@ async def test_feed_events_of_a_fenced_session_are_left_out(store: Store) -> Non
     await store.write(WriteBatch((mine, moved), (), (), owner=a, epochs={mine.id: 1, moved.id: 1},
                                  created=created, events=recorded(("created", mine), ("created", moved))))
     assert await store.grant(moved.id, a, 1, b)  # moved to b: a's writes of it are fenced from now on
-    mine2, moved2 = (dataclasses.replace(s, version=2, title="late") for s in (mine, moved))
+    mine2, moved2 = (dataclasses.replace(s, version=2, is_active=False, ended_at=T0, end_reason="done")
+                     for s in (mine, moved))
     fenced = await store.write(WriteBatch((mine2, moved2), (), (), owner=a, epochs={mine.id: 1, moved.id: 1},
-                                          events=recorded(("updated", mine2), ("updated", moved2))))
+                                          events=recorded(("ended", mine2), ("ended", moved2))))
     assert fenced == (moved.id,)
     assert shown(await store.read_events(None, 100)) == [("created", mine.id, 1), ("created", moved.id, 1),
-                                                        ("updated", mine.id, 2)]
+                                                        ("ended", mine.id, 2)]
 
 
 async def test_a_retried_write_adds_no_second_copy_of_its_events(store: Store) -> None:
     session = make_session()
     ended = dataclasses.replace(session, version=2, is_active=False, ended_at=T0, end_reason="expired")
-    batch = WriteBatch((ended,), (), (), events=recorded(("created", session), ("expired", ended)))
-    await store.write(batch)
-    await store.write(batch)  # its first try committed, but the answer was lost
-    assert shown(await store.read_events(None, 100)) == [("created", session.id, 1),
-                                                        ("expired", session.id, 2)]
+    touched = dataclasses.replace(make_session(), version=3)
+    await store.write(WriteBatch((touched,), (), ()))
+    touched = dataclasses.replace(touched, version=4, last_activity=T0 + timedelta(seconds=1))
+    updated = dataclasses.replace(make_session(), version=2, title="t")
+    batch = WriteBatch((ended, updated), (), (), (touched,), events=recorded(
+        ("created", session), ("expired", ended), ("updated", updated), ("updated", touched)))
+    for _ in range(2):  # the first try committed, but the answer was lost
+        await store.write(batch)
+    assert sorted(shown(await store.read_events(None, 100))) == sorted([
+        ("created", session.id, 1), ("expired", session.id, 2), ("updated", updated.id, 2),
+        ("updated", touched.id, 4)])
+
+
+async def test_an_updated_event_is_written_only_with_its_row(store: Store) -> None:
+    """The version guard decides: a stale row (or one not stored, touched) has no "updated" event."""
+    newer = dataclasses.replace(make_session(), version=5)
+    await store.write(WriteBatch((newer,), (), ()))
+    stale = dataclasses.replace(newer, version=4, title="stale")
+    missing = make_session(version=2)
+    await store.write(WriteBatch((stale,), (), (), (missing,), events=recorded(("updated", stale),
+                                                                               ("updated", missing))))
+    assert await store.read_events(None, 100) == []
 
 
 async def test_place_writes_its_event_with_the_row(store: Store) -> None:
@@ -484,6 +503,7 @@ async def test_place_writes_its_event_with_the_row(store: Store) -> None:
     assert await store.place(second, instance, 1, created=True, event=True) == first.id  # the chat is held
     moved = dataclasses.replace(first, version=2, chat_id="other")
     assert await store.place(moved, instance, 1, created=False, event=True) == moved
+    assert await store.place(moved, instance, 1, created=False, event=True) == moved  # a retry
     unrecorded = make_session(chat_id="third")
     assert await store.place(unrecorded, instance, 1, created=True) == unrecorded
     assert shown(await store.read_events(None, 100)) == [("created", first.id, 1), ("updated", first.id, 2)]

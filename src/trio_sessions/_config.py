@@ -110,7 +110,7 @@ class RuntimeConfig:
     #: whichever runtime owns the session.
     event_feed: bool = False
     #: Events older than this are pruned from the feed (by every runtime with
-    #: the feed on, every `event_retention / 24`, at most hourly).
+    #: the feed on, every `event_retention / 24`, at least hourly).
     event_retention: float = 7 * 24 * 3600.0
     #: How often `SessionRuntime.follow_events` reads the feed when it found nothing new.
     event_poll_interval: float = 1.0

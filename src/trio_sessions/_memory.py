@@ -8,7 +8,7 @@ one active session per chat (the unique index of migration 0004).
 from __future__ import annotations
 
 import bisect
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -123,10 +123,11 @@ class MemoryStore:
             if (new := chat_key(session)) is not None:
                 chats[new] = session.id
             self._sessions[session.id] = session
+        written = {session.id: session for session in rows}  # what the version guard let through
         for session in batch.touched:
             stored = self._sessions.get(session.id)
             if stored is not None and stored.version < session.version:
-                self._sessions[session.id] = replace(
+                self._sessions[session.id] = written[session.id] = replace(
                     stored, **{name: getattr(session, name) for name in ACTIVITY_FIELDS})
         for session_id, message in batch.messages:
             stored_messages = self._messages.setdefault(session_id, [])
@@ -143,19 +144,25 @@ class MemoryStore:
             self._messages.pop(session_id, None)
             self._owners.pop(session_id, None)
         if batch.events:
-            self._record_events(batch.events)
+            self._record_events(batch.events, written)
         return fenced
 
-    def _record_events(self, events: Sequence[SessionEvent]) -> None:
-        """Append the feed's events of one write, skipping those it holds already (a retry)."""
+    def _record_events(self, events: Sequence[SessionEvent], written: Mapping[UUID, Session]) -> None:
+        """Append the feed's events of one write, as PostgreSQL does: a lifecycle event unless it is
+        stored already (a retry), an "updated" one only with its row as written, if it was."""
         self._event_writes += 1
         now, at = trio.current_time(), datetime.now(UTC)
-        for event in events:
+        for event in sorted(events, key=lambda e: e.kind == "updated"):  # lifecycle first, as PostgreSQL
             s = event.session
-            key = (s.id, s.version, event.kind)
-            if key in self._event_keys:
-                continue
-            self._event_keys.add(key)
+            if event.kind == "updated":
+                if (row := written.get(s.id)) is None:
+                    continue
+                s = row
+            else:
+                key = (s.id, s.version, event.kind)
+                if key in self._event_keys:
+                    continue
+                self._event_keys.add(key)
             self._event_count += 1
             position = (self._event_writes, self._event_count)
             assert event.kind != "rejected"  # never in a batch: nothing is committed
@@ -174,8 +181,8 @@ class MemoryStore:
         # Of the `limit` first in position order, those older than the cutoff, as PostgreSQL prunes.
         oldest, rest = self._events[:limit], self._events[limit:]
         kept = [entry for entry in oldest if entry[1] > cutoff]
-        for _, written, event in oldest:
-            if written <= cutoff:
+        for _, at, event in oldest:
+            if at <= cutoff:
                 self._event_keys.discard((event.session_id, event.version, event.kind))
         self._events = kept + rest
         return len(oldest) - len(kept)

@@ -76,11 +76,15 @@ class WriteBatch:
     nothing is fenced.
 
     `events`: the durable feed's events of the batch's changes (empty when
-    the feed is off), each with the snapshot it reports, a session's in
-    version order. They are written in the same transaction, for the
-    sessions written (a fenced session's events are left out with it), and
-    skipped where the feed already holds `(session, version, kind)`: a
-    retry adds no second copy.
+    the feed is off), in the same transaction, for the sessions written (a
+    fenced session's events are left out with it). Lifecycle events
+    (created, ended, expired, deleted) carry their own snapshot, a
+    session's in version order, and are skipped where the feed holds
+    `(session, version, kind)` already. An "updated" event, at most one per
+    session and after its lifecycle ones, stands for the session's row in
+    `sessions` or `touched`: it is written with that row as stored, and only
+    if the version guard let the row through. Either way a retry whose
+    first try committed adds no second copy.
     """
 
     sessions: tuple[Session, ...]
@@ -272,8 +276,8 @@ class Store(Protocol):
         ...
 
     async def prune_events(self, older_than: float, limit: int) -> int:
-        """Delete up to `limit` of the feed's oldest events, those older than `older_than` seconds
-        of the store's time; return how many were deleted."""
+        """Of the feed's `limit` first events by position, delete those at least `older_than`
+        seconds old in the store's time; return how many were deleted."""
         ...
 
     # Ownership (see `_ownership`). Leases and liveness are judged in the

@@ -389,18 +389,38 @@ def _statements(batch: WriteBatch) -> Iterator[Statement]:
     encoding holds the event loop (Trio's, that is), and a whole batch of
     full rows would hold it ~15 ms (benchmarks/s5).
     """
-    def upsert_columns(sessions: Sequence[Session]) -> list[Any]:
+    def owned_columns(sessions: Sequence[Session]) -> list[Any]:
         epochs = batch.epochs
         return [*rows.session_columns(sessions), batch.owner, [epochs.get(s.id, 0) for s in sessions]]
 
-    yield from _in_parts(sql.UPSERT_SESSIONS, upsert_columns, rows.by_id(batch.sessions))
-    yield from _in_parts(sql.TOUCH_SESSIONS, rows.touched_columns, rows.by_id(batch.touched))
+    upsert, touch = sql.UPSERT_SESSIONS, sql.TOUCH_SESSIONS
+    upsert_columns: Callable[[Sequence[Session]], list[Any]] = owned_columns
+    touched_columns: Callable[[Sequence[Session]], list[Any]] = rows.touched_columns
+    if batch.events:
+        # Lifecycle events first: a session's "updated" event comes after them (WriteBatch).
+        lifecycle = [event for event in batch.events if event.kind != "updated"]
+        yield from _in_parts(sql.INSERT_EVENTS, rows.event_columns, lifecycle)
+        updated = {event.session.id for event in batch.events if event.kind == "updated"}
+        if updated:
+            upsert, touch = sql.UPSERT_SESSIONS_WITH_EVENTS, sql.TOUCH_SESSIONS_WITH_EVENTS
+            upsert_columns = _with_ids(owned_columns, updated)
+            touched_columns = _with_ids(rows.touched_columns, updated)
+    yield from _in_parts(upsert, upsert_columns, rows.by_id(batch.sessions))
+    yield from _in_parts(touch, touched_columns, rows.by_id(batch.touched))
     yield from _in_parts(sql.INSERT_MESSAGES, rows.message_columns, batch.messages)
-    yield from _in_parts(sql.INSERT_EVENTS, rows.event_columns, batch.events)
     if batch.deletes:
         deletes = sorted(batch.deletes)
         yield sql.DELETE_MESSAGES, (deletes,)
         yield sql.DELETE_SESSIONS, (deletes,)
+
+
+def _with_ids(columns: Callable[[Sequence[Session]], list[Any]], updated: set[UUID],
+              ) -> Callable[[Sequence[Session]], list[Any]]:
+    """`columns`, and the array of the ids among the rows that have an "updated" event."""
+    def with_ids(sessions: Sequence[Session]) -> list[Any]:
+        return [*columns(sessions), [s.id for s in sessions if s.id in updated]]
+
+    return with_ids
 
 
 def _in_parts(statement: str, columns: Callable[[Sequence[R]], list[Sequence[Any]]], items: Sequence[R]
