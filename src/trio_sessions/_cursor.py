@@ -1,9 +1,10 @@
-"""`list()`'s keyset cursors: made from the last session of a page, and checked strictly.
+"""Cursors, made and checked strictly: `list()`'s keysets, and the event feed's positions.
 
-A cursor is the page's last `(created_at, id)`, as URL-safe base64 text. It
-is not signed: it names only a position the caller was shown, and `list()`'s
-filters still apply; what matters is that any cursor that passes decodes
-into values every store accepts.
+A `list()` cursor is the page's last `(created_at, id)`, as URL-safe base64
+text; a feed cursor is an event's position `(xid, id)` (see `_feed`), the
+same way. Neither is signed: each names only a position the caller was
+shown, and `list()`'s filters still apply; what matters is that any cursor
+that passes decodes into values every store accepts.
 """
 
 from __future__ import annotations

@@ -75,8 +75,9 @@ class EventFeed:
         position = decode_feed_cursor(after)
         size = model.check_int("limit", limit, low=1, high=MAX_EVENT_PAGE)
         events = await self._retry.read(self._store.read_events, position, size)
-        cursor = events[-1].cursor if events else (None if after is None else str(after))
-        return EventPage(tuple(events), cursor)
+        if events:
+            return EventPage(tuple(events), events[-1].cursor)
+        return EventPage((), None if after is None else model.plain_str("after", after))
 
     def follow(self, after: object, limit: object) -> FollowedEvents:
         """Every event after `after`, waiting for new ones; see `SessionRuntime.follow_events`."""

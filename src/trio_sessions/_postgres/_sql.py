@@ -123,11 +123,12 @@ ON CONFLICT (session_id, version, kind) WHERE kind <> 'updated' DO NOTHING
 """
 
 
-def _with_updated_events(statement: str, table: str, ids: int) -> str:
+def _with_updated_events(statement: str, table: str, ids: int | None) -> str:
     """`statement` (an upsert or update of `sessions`), and in the same statement the "updated"
-    event of each row it wrote whose id is in the array `$ids`: the snapshot comes back from the
-    row as written (RETURNING), so nothing of it is sent twice, and a row the version guard
-    skipped (a retry whose first try committed, a stale writer) has no event."""
+    event of each row it wrote whose id is in the array `$ids` (of every row it wrote when
+    `ids` is None): the snapshot comes back from the row as written (RETURNING), so nothing of
+    it is sent twice, and a row the version guard skipped (a retry whose first try committed,
+    a stale writer) has no event."""
     columns = ["id", *EVENT_COLUMNS.split(", ")[2:]]  # the sessions' columns of the snapshot
     returned = ", ".join(f"{table}.{column}" for column in columns)
     return f"""
@@ -135,12 +136,15 @@ WITH written ({EVENT_COLUMNS.partition(", ")[2]}) AS ({statement} RETURNING {ret
 INSERT INTO session_events ({EVENT_COLUMNS})
 SELECT 'updated', w.session_id, w.version, w.user_id, w.agent, w.chat_id, w.state, w.is_active,
        w.end_reason
-FROM written AS w JOIN unnest(${ids}::uuid[]) AS u (id) ON u.id = w.session_id
+FROM written AS w{"" if ids is None else f" JOIN unnest(${ids}::uuid[]) AS u (id) ON u.id = w.session_id"}
 """
 
-# The two row statements with their rows' "updated" events (the feed is on).
+# The two row statements with their rows' "updated" events (the feed is on): of
+# the rows whose ids are in the last array, or, the common case, of every row.
 UPSERT_SESSIONS_WITH_EVENTS: Final = _with_updated_events(UPSERT_SESSIONS, "sessions", 21)
 TOUCH_SESSIONS_WITH_EVENTS: Final = _with_updated_events(TOUCH_SESSIONS, "s", 6)
+UPSERT_SESSIONS_ALL_WITH_EVENTS: Final = _with_updated_events(UPSERT_SESSIONS, "sessions", None)
+TOUCH_SESSIONS_ALL_WITH_EVENTS: Final = _with_updated_events(TOUCH_SESSIONS, "s", None)
 
 
 # The events after the position ($1 xid, as text, $2 id), committed for good:

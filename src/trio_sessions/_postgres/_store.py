@@ -400,8 +400,11 @@ def _statements(batch: WriteBatch) -> Iterator[Statement]:
         # Lifecycle events first: a session's "updated" event comes after them (WriteBatch).
         lifecycle = [event for event in batch.events if event.kind != "updated"]
         yield from _in_parts(sql.INSERT_EVENTS, rows.event_columns, lifecycle)
-        updated = {event.session.id for event in batch.events if event.kind == "updated"}
-        if updated:
+        count = len(batch.events) - len(lifecycle)
+        if count == len(batch.sessions) + len(batch.touched):  # every row has one: no ids to send
+            upsert, touch = sql.UPSERT_SESSIONS_ALL_WITH_EVENTS, sql.TOUCH_SESSIONS_ALL_WITH_EVENTS
+        elif count:
+            updated = {event.session.id for event in batch.events if event.kind == "updated"}
             upsert, touch = sql.UPSERT_SESSIONS_WITH_EVENTS, sql.TOUCH_SESSIONS_WITH_EVENTS
             upsert_columns = _with_ids(owned_columns, updated)
             touched_columns = _with_ids(rows.touched_columns, updated)
