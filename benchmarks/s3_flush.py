@@ -17,6 +17,11 @@ version, four ways, on the same database (variants alternate):
   the store locks the rows and checks them first, as in the runtime: the
   sessions are claimed for one instance before the rounds start).
 
+- write-behind + feed: the same with the durable event feed on
+  (`event_feed=True`): every row also writes its "updated" event in the
+  same transaction; its figure is its rows per second over the
+  write-behind's without the feed, round by round.
+
 The baseline is the faster raw variant of each round; the figure is the
 write-behind's rows per second over it. All four use pools with the
 runtime's settings, on the same server and table. The raw variants and
@@ -57,6 +62,8 @@ TITLE: Final = "Flush against raw bulk writes"
 NEEDS_POSTGRES: Final = True
 
 TARGET_RATIO: Final = 0.8
+#: The event feed may cost at most this much flush throughput (feed on / feed off).
+TARGET_FEED_RATIO: Final = 0.9
 
 _COLUMNS: Final = ("id, user_id, agent, chat_id, title, state, metadata, notes, is_active, "
                    "message_count, created_at, updated_at, last_activity, expires_at, ended_at, "
@@ -151,7 +158,8 @@ async def run(ctx: Context) -> Result:
     # Each its own chat: one active session per chat (migration 0004).
     base = [dataclasses.replace(snapshot_like(), chat_id=f"55119{i:08d}@c.us") for i in range(count)]
     times: dict[str, list[float]] = {"raw executemany": [], "raw unnest": [], "store.write": [],
-                                     "write-behind": []}
+                                     "write-behind": [], "write-behind + feed": []}
+    feed_config = dataclasses.replace(config, event_feed=True)
     flush_batches = 0
     async with ctx.fresh_database() as url:
         store = PostgresStore(url, config)
@@ -164,7 +172,7 @@ async def run(ctx: Context) -> Result:
             version = 1
             variants = list(times)
             for round_ in range(rounds):
-                for name in variants[round_ % 4:] + variants[:round_ % 4]:
+                for name in variants[round_ % 5:] + variants[:round_ % 5]:
                     version += 1
                     await pool.execute("VACUUM sessions")
                     sessions = [dataclasses.replace(s, version=version) for s in base]
@@ -179,8 +187,10 @@ async def run(ctx: Context) -> Result:
                         elapsed = await _raw_unnest(pool, columns)
                     elif name == "store.write":
                         elapsed = await _store_write(store, sessions, batch)
-                    else:
+                    elif name == "write-behind":
                         elapsed, flush_batches = await _write_behind(store, config, sessions, owner)
+                    else:
+                        elapsed, _ = await _write_behind(store, feed_config, sessions, owner)
                     times[name].append(elapsed)
             stored = await pool.fetchval("SELECT count(*) FROM sessions WHERE version = $1", version)
             assert stored == count, (stored, count)
@@ -196,5 +206,10 @@ async def run(ctx: Context) -> Result:
         table.add(name, median([count / t for t in values]), ratios[name])
     result.checks.append(Check("s3 write-behind flush / raw bulk upsert, rows per second",
                                ratios["write-behind"], TARGET_RATIO, ">="))
+    feed_ratio = median([off / on for on, off in zip(times["write-behind + feed"], times["write-behind"],
+                                                     strict=True)])
+    table.add("write-behind + feed / write-behind", "", feed_ratio)
+    result.checks.append(Check("s3 write-behind flush with the event feed / without, rows per second",
+                               feed_ratio, TARGET_FEED_RATIO, ">="))
     result.notes.append(f"the write-behind wrote {flush_batches} batches in its last round")
     return result

@@ -206,9 +206,9 @@ async def test_migrate_applies_the_schema_once(postgres_url: str,
              "user 'postgres'")
     assert await run_migrate(postgres_url) == 0
     assert capsys.readouterr().out == (
-        f"migrated {where}: applied 5 migrations: "
+        f"migrated {where}: applied 6 migrations: "
         "0001_initial.sql, 0002_hot_updates.sql, 0003_ownership.sql, 0004_one_session_per_chat.sql, "
-        "0005_create_visible_everywhere.sql\n")
+        "0005_create_visible_everywhere.sql, 0006_event_feed.sql\n")
     assert await run_migrate(postgres_url) == 0
     assert capsys.readouterr().out == f"the schema of {where} is up to date; nothing to apply\n"
 

@@ -18,6 +18,8 @@ PUBLIC = {
     # For several runtimes on one store: the error of a durable caller whose session another
     # runtime took over, and what the Store protocol's ownership calls return.
     "SessionMoved", "Acquired", "Busy", "ChatSessionExists", "Joined",
+    # The durable event feed: a page of it, its events, and what follow_events() returns.
+    "EventPage", "FeedEvent", "FollowedEvents",
 }
 
 STORE_METHODS = {"connect", "load", "load_messages", "load_sessions", "live_deadlines", "write", "list",
@@ -26,20 +28,24 @@ STORE_METHODS = {"connect", "load", "load_messages", "load_sessions", "live_dead
                  "register", "renew", "leave", "acquire", "claim", "free_deadlines", "request_handoff",
                  "handoff_requests", "grant", "drop_handoff", "wait_for_notice", "unaware",
                  # one active session per chat
-                 "place"}
+                 "place",
+                 # the durable event feed
+                 "read_events", "prune_events"}
 #: The public members of each public class that is not a plain record: the API and nothing else
 #: (as Trio's own export test checks). Records are checked by their dataclass fields.
 MEMBERS = {
     "SessionRuntime": {
         "create", "get", "update_last_activity", "update", "append_message", "context", "add_note",
         "end", "delete", "list", "cleanup_old_sessions", "flush", "subscribe", "metrics", "config",
-        "deadline", "health", "iter_sessions", "session_for_chat", "turn", "chat_turn"},
+        "deadline", "health", "iter_sessions", "session_for_chat", "turn", "chat_turn",
+        "read_events", "follow_events"},
     "Subscription": {"receive", "dropped"},
+    "FollowedEvents": {"cursor"},
     "Store": STORE_METHODS,
     "MemoryStore": STORE_METHODS,
     "PostgresStore": STORE_METHODS,
-    "WriteBatch": {"sessions", "messages", "deletes", "touched", "owner", "epochs", "created", "split",
-                   "only", "session_ids"},
+    "WriteBatch": {"sessions", "messages", "deletes", "touched", "owner", "epochs", "created", "events",
+                   "split", "only", "session_ids"},
 }
 #: Methods of records beyond their fields.
 RECORD_METHODS = {"RuntimeConfig": {"from_env", "from_file", "resolved_data_dir"},

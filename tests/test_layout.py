@@ -25,6 +25,7 @@ RANKS = {
     "_store": 3,
     "_postgres": 4, "_embedded": 4, "_memory": 4,
     "_retry": 5,
+    "_feed": 6,
     "_writebehind": 6,
     "_readthrough": 7,
     "_commands": 8,

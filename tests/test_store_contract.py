@@ -18,7 +18,17 @@ from uuid import UUID, uuid4
 import pytest
 import trio
 
-from trio_sessions._model import JsonArray, JsonObject, Message, Note, Session, check_metadata
+from trio_sessions._cursor import decode_feed_cursor
+from trio_sessions._model import (
+    FeedEvent,
+    JsonArray,
+    JsonObject,
+    Message,
+    Note,
+    Session,
+    SessionEvent,
+    check_metadata,
+)
 from trio_sessions._store import ACTIVITY_FIELDS, ListQuery, Store, WriteBatch
 
 T0 = datetime(2025, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
@@ -396,3 +406,115 @@ async def test_list_respects_the_limit(store: Store) -> None:
 
 async def test_health_check(store: Store) -> None:
     await store.health_check()
+
+
+# ------------------------------------------------------------ the event feed
+
+
+def shown(events: Sequence[FeedEvent]) -> list[tuple[str, UUID, int]]:
+    return [(e.kind, e.session_id, e.version) for e in events]
+
+
+def recorded(*changes: tuple[Any, Session]) -> tuple[SessionEvent, ...]:
+    """A batch's feed events, from `(kind, snapshot)` pairs."""
+    return tuple(SessionEvent(kind, session) for kind, session in changes)
+
+
+async def test_feed_events_are_read_in_order_after_a_cursor(store: Store) -> None:
+    a, b = make_session(chat_id="c1"), make_session(user_id="u2", agent="max")
+    a2 = dataclasses.replace(a, version=2, state="waiting")
+    a3 = dataclasses.replace(a2, version=3, is_active=False, ended_at=T0, end_reason="done")
+    await store.write(WriteBatch((a, b), (), (), events=recorded(("created", a), ("created", b))))
+    await store.write(WriteBatch((a2,), (), (), events=recorded(("updated", a2))))
+    await store.write(WriteBatch((a3,), (), (), events=recorded(("ended", a3))))
+    await store.write(WriteBatch((), (), (b.id,), events=(SessionEvent("deleted", b),)))
+    events = await store.read_events(None, 100)
+    assert shown(events) == [("created", a.id, 1), ("created", b.id, 1), ("updated", a.id, 2),
+                             ("ended", a.id, 3), ("deleted", b.id, 1)]
+    ended = events[3]
+    assert (ended.user_id, ended.agent, ended.chat_id, ended.state, ended.is_active, ended.end_reason) == (
+        "u1", "geral", "c1", "waiting", False, "done")
+    other = events[1]
+    assert (other.user_id, other.agent, other.chat_id, other.end_reason) == ("u2", "max", None, None)
+    assert all(e.at.tzinfo is not None for e in events)
+    # A cursor goes on right after its event, however the pages are cut.
+    for size in (1, 2, 4):
+        read: list[FeedEvent] = []
+        after = None
+        while page := await store.read_events(after, size):
+            assert len(page) <= size
+            read += page
+            after = decode_feed_cursor(page[-1].cursor)
+        assert read == events
+    assert await store.read_events(decode_feed_cursor(events[-1].cursor), 100) == []
+
+
+async def test_feed_events_of_a_fenced_session_are_left_out(store: Store) -> None:
+    a, b = uuid4(), uuid4()
+    await store.register(a, 60.0)
+    await store.register(b, 60.0)
+    mine, moved = make_session(), make_session()
+    created = frozenset({mine.id, moved.id})
+    await store.write(WriteBatch((mine, moved), (), (), owner=a, epochs={mine.id: 1, moved.id: 1},
+                                 created=created, events=recorded(("created", mine), ("created", moved))))
+    assert await store.grant(moved.id, a, 1, b)  # moved to b: a's writes of it are fenced from now on
+    mine2, moved2 = (dataclasses.replace(s, version=2, is_active=False, ended_at=T0, end_reason="done")
+                     for s in (mine, moved))
+    fenced = await store.write(WriteBatch((mine2, moved2), (), (), owner=a, epochs={mine.id: 1, moved.id: 1},
+                                          events=recorded(("ended", mine2), ("ended", moved2))))
+    assert fenced == (moved.id,)
+    assert shown(await store.read_events(None, 100)) == [("created", mine.id, 1), ("created", moved.id, 1),
+                                                        ("ended", mine.id, 2)]
+
+
+async def test_a_retried_write_adds_no_second_copy_of_its_events(store: Store) -> None:
+    session = make_session()
+    ended = dataclasses.replace(session, version=2, is_active=False, ended_at=T0, end_reason="expired")
+    touched = dataclasses.replace(make_session(), version=3)
+    await store.write(WriteBatch((touched,), (), ()))
+    touched = dataclasses.replace(touched, version=4, last_activity=T0 + timedelta(seconds=1))
+    updated = dataclasses.replace(make_session(), version=2, title="t")
+    batch = WriteBatch((ended, updated), (), (), (touched,), events=recorded(
+        ("created", session), ("expired", ended), ("updated", updated), ("updated", touched)))
+    for _ in range(2):  # the first try committed, but the answer was lost
+        await store.write(batch)
+    assert sorted(shown(await store.read_events(None, 100))) == sorted([
+        ("created", session.id, 1), ("expired", session.id, 2), ("updated", updated.id, 2),
+        ("updated", touched.id, 4)])
+
+
+async def test_an_updated_event_is_written_only_with_its_row(store: Store) -> None:
+    """The version guard decides: a stale row (or one not stored, touched) has no "updated" event."""
+    newer = dataclasses.replace(make_session(), version=5)
+    await store.write(WriteBatch((newer,), (), ()))
+    stale = dataclasses.replace(newer, version=4, title="stale")
+    missing = make_session(version=2)
+    await store.write(WriteBatch((stale,), (), (), (missing,), events=recorded(("updated", stale),
+                                                                               ("updated", missing))))
+    assert await store.read_events(None, 100) == []
+
+
+async def test_place_writes_its_event_with_the_row(store: Store) -> None:
+    instance = uuid4()
+    await store.register(instance, 60.0)
+    first = make_session(chat_id="chat")
+    assert await store.place(first, instance, 1, created=True, event=True) == first
+    second = make_session(chat_id="chat")
+    assert await store.place(second, instance, 1, created=True, event=True) == first.id  # the chat is held
+    moved = dataclasses.replace(first, version=2, chat_id="other")
+    assert await store.place(moved, instance, 1, created=False, event=True) == moved
+    assert await store.place(moved, instance, 1, created=False, event=True) == moved  # a retry
+    unrecorded = make_session(chat_id="third")
+    assert await store.place(unrecorded, instance, 1, created=True) == unrecorded
+    assert shown(await store.read_events(None, 100)) == [("created", first.id, 1), ("updated", first.id, 2)]
+
+
+async def test_prune_deletes_the_oldest_events_in_bounded_steps(store: Store) -> None:
+    sessions = [make_session() for _ in range(5)]
+    for session in sessions:
+        await store.write(WriteBatch((session,), (), (), events=(SessionEvent("created", session),)))
+    assert await store.prune_events(3600.0, 100) == 0  # none is an hour old
+    assert await store.prune_events(0.0, 2) == 2
+    assert [e.session_id for e in await store.read_events(None, 100)] == [s.id for s in sessions[2:]]
+    assert await store.prune_events(0.0, 100) == 3
+    assert await store.read_events(None, 100) == []

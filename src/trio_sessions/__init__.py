@@ -15,10 +15,13 @@ from ._errors import SessionNotFound as SessionNotFound
 from ._errors import StoreUnavailable as StoreUnavailable
 from ._errors import VersionConflict as VersionConflict
 from ._errors import WriteRejected as WriteRejected
+from ._feed import FollowedEvents as FollowedEvents
 from ._health import Health as Health
 from ._memory import MemoryStore as MemoryStore
 from ._metrics import MetricsSnapshot as MetricsSnapshot
 from ._metrics import OperationStats as OperationStats
+from ._model import EventPage as EventPage
+from ._model import FeedEvent as FeedEvent
 from ._model import Message as Message
 from ._model import Note as Note
 from ._model import Page as Page
@@ -39,7 +42,8 @@ from ._subscriptions import Subscription as Subscription
 _logger.disable("trio_sessions")
 
 __all__ = [
-    "Acquired", "Busy", "ChatSessionExists", "ConfigurationError", "Health", "InvalidArgument", "Joined",
+    "Acquired", "Busy", "ChatSessionExists", "ConfigurationError", "EventPage", "FeedEvent",
+    "FollowedEvents", "Health", "InvalidArgument", "Joined",
     "ListQuery",
     "MemoryStore",
     "Message", "MetricsSnapshot", "Note", "OperationStats", "Overloaded", "Page", "PostgresStore",

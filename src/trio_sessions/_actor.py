@@ -47,7 +47,7 @@ from ._errors import (
     SessionNotFound,
     StoreUnavailable,
 )
-from ._model import EventKind, Message, Session
+from ._model import EventKind, FeedKind, Message, Session
 from ._store import chat_key
 
 if TYPE_CHECKING:
@@ -404,10 +404,10 @@ class SessionActor:
 
     # ------------------------------------------------------------ handlers
 
-    def _commit(self, new: Session, kind: EventKind, message: Message | None = None, *,
+    def _commit(self, new: Session, kind: FeedKind, message: Message | None = None, *,
                 activity: bool = False) -> Session:
         self.session = new
-        self._host.writebehind.record(new, message, activity=activity)
+        self._host.writebehind.record(new, message, activity=activity, kind=kind)
         self._host.publish(kind, new)
         return new
 
@@ -469,7 +469,7 @@ class SessionActor:
         session = self.session
         assert session is not None
         host = self._host
-        host.writebehind.record_delete(self.id)
+        host.writebehind.record_delete(self.id, session)
         host.deadlines.discard(self.id)
         self.deadline = math.inf
         self._deleted = True

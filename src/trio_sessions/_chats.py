@@ -48,6 +48,7 @@ from ._store import ChatKey, Store, chat_key
 
 if TYPE_CHECKING:
     from ._clock import Clock
+    from ._config import RuntimeConfig
     from ._deadlines import DeadlineQueue
     from ._model import EventKind
     from ._retry import Retry
@@ -108,6 +109,7 @@ class ChatOwner(Protocol):
 class ChatHost(Protocol):
     """What `Chats` needs from the supervisor."""
 
+    config: RuntimeConfig
     clock: Clock
     deadlines: DeadlineQueue
     writebehind: WriteBehind
@@ -258,10 +260,10 @@ class Chats:
             # Until the store answers, as a flush is: a failure would leave it unknown
             # whether the session exists.
             placed = await host.retry.write(store.health_check, store.place, session, instance, 1,
-                                            created=True)
+                                            created=True, event=host.config.event_feed)
         except BaseException:  # cancelled: unknown, so it is made not to exist
             host.deadlines.discard(session.id)
-            host.writebehind.record_delete(session.id)  # stays owned until that is written
+            host.writebehind.record_delete(session.id, session)  # stays owned until that is written
             raise
         if not isinstance(placed, Session):
             ownership.lost(session.id)
@@ -283,7 +285,7 @@ class Chats:
         store = self._store
         # Until the store answers (as a flush): a failure would leave the change's outcome unknown.
         return await self._host.retry.write(store.health_check, store.place, row, ownership.instance, epoch,
-                                            created=False)
+                                            created=False, event=self._host.config.event_feed)
 
 
 def _contended(key: ChatKey) -> StoreUnavailable:

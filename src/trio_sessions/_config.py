@@ -104,6 +104,16 @@ class RuntimeConfig:
     #: `idle_transaction_timeout`, so a frozen process cannot hold others up.
     lock_timeout: float = 5.0
     idle_transaction_timeout: float = 5.0
+    #: The durable event feed (`SessionRuntime.read_events`): each change's
+    #: event is written in the transaction that writes the change. Every
+    #: runtime sharing a store should set it alike: events are written by
+    #: whichever runtime owns the session.
+    event_feed: bool = False
+    #: Events older than this are pruned from the feed (by every runtime with
+    #: the feed on, every `event_retention / 24`, at least hourly).
+    event_retention: float = 7 * 24 * 3600.0
+    #: How often `SessionRuntime.follow_events` reads the feed when it found nothing new.
+    event_poll_interval: float = 1.0
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # store the plain values that were checked
@@ -113,12 +123,14 @@ class RuntimeConfig:
         set_(self, "database_url", url)
         set_(self, "data_dir", check_optional_text("data_dir", self.data_dir, max_chars=4096))
         set_(self, "auto_migrate", check_bool("auto_migrate", self.auto_migrate))
+        set_(self, "event_feed", check_bool("event_feed", self.event_feed))
         if self.call_timeout is not None:
             object.__setattr__(self, "call_timeout", check_seconds("call_timeout", self.call_timeout))
         for name in ("session_timeout", "passivate_after", "flush_interval", "connect_timeout",
                      "command_timeout", "max_inactive_connection_lifetime", "retry_initial_delay",
                      "retry_max_delay", "shutdown_timeout", "lease_duration", "lease_renew_interval",
-                     "handoff_poll_interval", "handoff_timeout", "lock_timeout", "idle_transaction_timeout"):
+                     "handoff_poll_interval", "handoff_timeout", "lock_timeout", "idle_transaction_timeout",
+                     "event_retention", "event_poll_interval"):
             set_(self, name, check_seconds(name, getattr(self, name)))
         for name, low, high in _INT_RANGES:
             set_(self, name, check_int(name, getattr(self, name), low=low, high=high))

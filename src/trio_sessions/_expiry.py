@@ -235,7 +235,7 @@ class ExpiryEngine:
                     host.deadlines.touch(session_id, deadline)
                     continue
                 session = transitions.expired(row)
-                host.writebehind.record(session)
+                host.writebehind.record(session, kind="expired")
                 host.counters.expired += 1
                 host.publish("expired", session)
                 expired_count += 1

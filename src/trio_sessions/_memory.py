@@ -8,15 +8,17 @@ one active session per chat (the unique index of migration 0004).
 from __future__ import annotations
 
 import bisect
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
+from datetime import UTC, datetime
 from uuid import UUID
 
 import trio
 
+from ._cursor import encode_feed_cursor
 from ._errors import SessionMoved
-from ._model import Message, Session
+from ._model import FeedEvent, Message, Session, SessionEvent
 from ._store import (
     ACTIVITY_FIELDS,
     Acquired,
@@ -60,6 +62,13 @@ class MemoryStore:
         self._notices: dict[UUID, trio.Event] = {}
         # The unique index over active sessions' chats: chat_key -> session id.
         self._chats: dict[ChatKey, UUID] = {}
+        # The event feed, in position order: (position, Trio time written, event).
+        # A position is (the write's number, the event's): writes here are
+        # atomic, so positions grow in commit order, as PostgreSQL's read do.
+        self._events: list[tuple[tuple[int, int], float, FeedEvent]] = []
+        self._event_keys: set[tuple[UUID, int, str]] = set()
+        self._event_writes = 0
+        self._event_count = 0
 
     @asynccontextmanager
     async def connect(self) -> AsyncIterator[None]:
@@ -114,10 +123,11 @@ class MemoryStore:
             if (new := chat_key(session)) is not None:
                 chats[new] = session.id
             self._sessions[session.id] = session
+        written = {session.id: session for session in rows}  # what the version guard let through
         for session in batch.touched:
             stored = self._sessions.get(session.id)
             if stored is not None and stored.version < session.version:
-                self._sessions[session.id] = replace(
+                self._sessions[session.id] = written[session.id] = replace(
                     stored, **{name: getattr(session, name) for name in ACTIVITY_FIELDS})
         for session_id, message in batch.messages:
             stored_messages = self._messages.setdefault(session_id, [])
@@ -133,7 +143,49 @@ class MemoryStore:
                 del chats[old]
             self._messages.pop(session_id, None)
             self._owners.pop(session_id, None)
+        if batch.events:
+            self._record_events(batch.events, written)
         return fenced
+
+    def _record_events(self, events: Sequence[SessionEvent], written: Mapping[UUID, Session]) -> None:
+        """Append the feed's events of one write, as PostgreSQL does: a lifecycle event unless it is
+        stored already (a retry), an "updated" one only with its row as written, if it was."""
+        self._event_writes += 1
+        now, at = trio.current_time(), datetime.now(UTC)
+        for event in sorted(events, key=lambda e: e.kind == "updated"):  # lifecycle first, as PostgreSQL
+            s = event.session
+            if event.kind == "updated":
+                if (row := written.get(s.id)) is None:
+                    continue
+                s = row
+            else:
+                key = (s.id, s.version, event.kind)
+                if key in self._event_keys:
+                    continue
+                self._event_keys.add(key)
+            self._event_count += 1
+            position = (self._event_writes, self._event_count)
+            assert event.kind != "rejected"  # never in a batch: nothing is committed
+            self._events.append((position, now, FeedEvent(
+                encode_feed_cursor(position), event.kind, s.id, s.user_id, s.agent, s.chat_id, s.state,
+                s.is_active, s.end_reason, s.version, at)))
+
+    async def read_events(self, after: tuple[int, int] | None, limit: int) -> list[FeedEvent]:
+        await trio.lowlevel.checkpoint()
+        start = 0 if after is None else bisect.bisect_right(self._events, after, key=lambda e: e[0])
+        return [event for _, _, event in self._events[start:start + limit]]
+
+    async def prune_events(self, older_than: float, limit: int) -> int:
+        await trio.lowlevel.checkpoint()
+        cutoff = trio.current_time() - older_than
+        # Of the `limit` first in position order, those older than the cutoff, as PostgreSQL prunes.
+        oldest, rest = self._events[:limit], self._events[limit:]
+        kept = [entry for entry in oldest if entry[1] > cutoff]
+        for _, at, event in oldest:
+            if at <= cutoff:
+                self._event_keys.discard((event.session_id, event.version, event.kind))
+        self._events = kept + rest
+        return len(oldest) - len(kept)
 
     def _check_chats(self, rows: Sequence[Session], deletes: Sequence[UUID]) -> None:
         """Raise `ChatTaken` if writing `rows` and `deletes` would leave a chat two active sessions."""
@@ -149,7 +201,8 @@ class MemoryStore:
             if holder is not None and holder != session_id and holder not in leaving:
                 raise _taken(session_id, holder)
 
-    async def place(self, row: Session, instance: UUID, epoch: int, *, created: bool) -> Session | UUID:
+    async def place(self, row: Session, instance: UUID, epoch: int, *, created: bool,
+                    event: bool = False) -> Session | UUID:
         await trio.lowlevel.checkpoint()
         stored = self._sessions.get(row.id)
         if (stored is None and not created) or (
@@ -161,8 +214,9 @@ class MemoryStore:
                      and (s.user_id, s.agent, s.chat_id) == (row.user_id, row.agent, row.chat_id)]
             if ended:
                 row = dated_after(row, max(ended))
+        events = (SessionEvent("created" if created else "updated", row),) if event else ()
         batch = WriteBatch((row,), (), (), owner=instance, epochs={row.id: epoch},
-                           created=frozenset({row.id}) if created else frozenset())
+                           created=frozenset({row.id}) if created else frozenset(), events=events)
         try:
             await self.write(batch)
         except ChatTaken as taken:

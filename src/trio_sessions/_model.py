@@ -210,6 +210,50 @@ class SessionEvent:
     session: Session
 
 
+#: The kinds the durable feed records (`SessionRuntime.read_events`): every
+#: committed change. "rejected" is not one (nothing was committed).
+FeedKind = Literal["created", "updated", "expired", "ended", "deleted"]
+
+
+@dataclass(frozen=True, slots=True)
+class FeedEvent:
+    """One committed change of a session, read from the durable feed (`SessionRuntime.read_events`).
+
+    The snapshot fields are the session's after the change ("deleted": as it
+    was when deleted). An "updated" event stands for every change of the
+    session since its previous event in the feed (see the README, "Events
+    nothing can lose").
+    """
+
+    #: Pass as `after` to read the events that follow this one.
+    cursor: str
+    kind: FeedKind
+    session_id: UUID
+    user_id: str
+    agent: str
+    chat_id: str | None
+    state: str
+    is_active: bool
+    end_reason: str | None
+    #: The session's version after the change; grows along a session's events.
+    version: int
+    #: When the change was committed, in the database's time (UTC).
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class EventPage:
+    """One page of the durable feed; pass `next_cursor` as `after` for the next.
+
+    `next_cursor` is the cursor of the page's last event; for a page with no
+    events, the `after` it was read with (None: the start of the feed), so
+    that a consumer always asks again with `next_cursor`.
+    """
+
+    events: tuple[FeedEvent, ...]
+    next_cursor: str | None
+
+
 # --------------------------------------------------------------------- checks
 
 

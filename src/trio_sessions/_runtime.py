@@ -25,9 +25,10 @@ from ._commands import TOUCH, AddNote, AppendMessage, Context, Delete, End, Read
 from ._config import RuntimeConfig
 from ._cursor import decode_cursor, encode_cursor
 from ._errors import InvalidArgument, SessionNotFound, StoreUnavailable
+from ._feed import FollowedEvents
 from ._health import Health
 from ._metrics import MetricsSnapshot
-from ._model import Message, Page, Session
+from ._model import EventPage, Message, Page, Session
 from ._store import ListQuery, Store
 from ._subscriptions import Subscription
 from ._supervisor import Supervisor
@@ -509,6 +510,58 @@ class SessionRuntime:
         """
         self._sup.check_open()
         await self._sup.writebehind.flush()
+
+    async def read_events(self, *, after: str | None = None, limit: int = 100) -> EventPage:
+        """One page of the durable event feed: the committed changes after the cursor `after`.
+
+        Any runtime on the store reads every runtime's events (those that
+        have `event_feed` on write them). At least once, in order per
+        session: a consumer that stores `next_cursor` once it has handled a
+        page, and reads again after it, sees every event of every session
+        whose change was committed, each session's in version order (events
+        of different sessions may interleave out of commit order); a
+        consumer that crashes before storing its cursor reads the same
+        events again. An event is readable once its change is committed
+        (within `flush_interval` of the call, or when a `durable=True` call
+        returns) and every transaction on the database older than it has
+        ended. Events older than `event_retention` are pruned: a consumer
+        that falls that far behind misses them.
+
+        Args:
+            after: `EventPage.next_cursor` or `FeedEvent.cursor`; None reads
+                from the oldest event kept.
+            limit: page size, 1 to 10000.
+
+        Returns:
+            `EventPage(events, next_cursor)`; with no new events, `events`
+            is empty and `next_cursor` is `after`.
+
+        Raises:
+            InvalidArgument: `limit` out of range, or `after` not a cursor the feed made.
+            StoreUnavailable: the store could not be read in `read_attempts` tries.
+
+        Cancellation: nothing changes; read the same page again.
+        """
+        self._sup.check_open()
+        return await self._sup.feed.read(after, limit)
+
+    def follow_events(self, *, after: str | None = None, limit: int = 100) -> FollowedEvents:
+        """Every event of the durable feed after `after`, as they come: `async for e in rt.follow_events()`.
+
+        Never ends by itself: it reads pages of `limit` (as `read_events`),
+        and after an empty page waits `event_poll_interval` before asking
+        again. Its `cursor` attribute is the cursor of the last event it
+        yielded: store it to resume after a restart. The arguments are
+        checked here, before the first step.
+
+        Raises:
+            InvalidArgument: as `read_events`, here.
+            StoreUnavailable: from the step whose read failed (the iterator can go on).
+
+        Cancellation: nothing is lost; the iterator goes on from its `cursor`.
+        """
+        self._sup.check_open()
+        return self._sup.feed.follow(after, limit)
 
     @asynccontextmanager
     async def subscribe(self, *, buffer: int | None = None) -> AsyncIterator[Subscription]:

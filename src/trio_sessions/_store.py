@@ -20,7 +20,7 @@ from typing import Final, Protocol, runtime_checkable
 from uuid import UUID
 
 from ._errors import WriteRejected
-from ._model import Message, Session
+from ._model import FeedEvent, Message, Session, SessionEvent
 
 #: What one active session per chat is keyed by: `(user_id, agent, chat_id)`.
 ChatKey = tuple[str, str, str]
@@ -74,6 +74,17 @@ class WriteBatch:
     sessions that fail the check are written not at all, messages included;
     `write` returns their ids. With `owner` None (tools, contract tests)
     nothing is fenced.
+
+    `events`: the durable feed's events of the batch's changes (empty when
+    the feed is off), in the same transaction, for the sessions written (a
+    fenced session's events are left out with it). Lifecycle events
+    (created, ended, expired, deleted) carry their own snapshot, a
+    session's in version order, and are skipped where the feed holds
+    `(session, version, kind)` already. An "updated" event, at most one per
+    session and after its lifecycle ones, stands for the session's row in
+    `sessions` or `touched`: it is written with that row as stored, and only
+    if the version guard let the row through. Either way a retry whose
+    first try committed adds no second copy.
     """
 
     sessions: tuple[Session, ...]
@@ -83,6 +94,7 @@ class WriteBatch:
     owner: UUID | None = None
     epochs: Mapping[UUID, int] = field(default_factory=dict)
     created: frozenset[UUID] = frozenset()
+    events: tuple[SessionEvent, ...] = ()
 
     def split(self) -> tuple[WriteBatch, WriteBatch]:
         """Two halves by session id (messages follow their session), to isolate a bad row."""
@@ -102,6 +114,7 @@ class WriteBatch:
             tuple(d for d in self.deletes if keep(d)),
             tuple(s for s in self.touched if keep(s.id)),
             self.owner, self.epochs, self.created,
+            tuple(e for e in self.events if keep(e.session.id)),
         )
 
     def session_ids(self) -> list[UUID]:
@@ -220,7 +233,8 @@ class Store(Protocol):
         """
         ...
 
-    async def place(self, row: Session, instance: UUID, epoch: int, *, created: bool) -> Session | UUID:
+    async def place(self, row: Session, instance: UUID, epoch: int, *, created: bool,
+                    event: bool = False) -> Session | UUID:
         """Write `row` whole, now, unless another active session holds its chat; then return that one's id.
 
         The write-through of everything that gives a session a chat
@@ -237,9 +251,33 @@ class Store(Protocol):
         write waited for it), the row's times move forward past that end.
         Returns the row as stored.
 
+        `event`: also record the change in the durable feed, in the same
+        transaction ("created" when `created`, else "updated"), as
+        `WriteBatch.events` are.
+
         Raises:
             SessionMoved: the stored row names another owner or epoch.
         """
+        ...
+
+    # The durable event feed (see `_feed`).
+
+    async def read_events(self, after: tuple[int, int] | None, limit: int) -> list[FeedEvent]:
+        """Up to `limit` events of the feed after the position `after` (None: from the start), in order.
+
+        A position is `(xid, id)`: the writing transaction and the event's
+        number in the store. The order is by position; it is the commit
+        order of each session's events, and the answer never holds an event
+        whose transaction may still be running, nor does any event commit
+        later at a position before one returned: a reader that goes on from
+        the last position it was given misses nothing (see `_feed`).
+        Each event's `cursor` encodes its position (`_cursor.encode_feed_cursor`).
+        """
+        ...
+
+    async def prune_events(self, older_than: float, limit: int) -> int:
+        """Of the feed's `limit` first events by position, delete those at least `older_than`
+        seconds old in the store's time; return how many were deleted."""
         ...
 
     # Ownership (see `_ownership`). Leases and liveness are judged in the

@@ -33,6 +33,7 @@ from ._config import RuntimeConfig
 from ._deadlines import DeadlineQueue
 from ._errors import Overloaded, RuntimeClosed, StoreUnavailable
 from ._expiry import ExpiryEngine
+from ._feed import EventFeed
 from ._health import Health
 from ._metrics import Counters, MetricsSnapshot
 from ._model import EventKind, Session
@@ -61,6 +62,7 @@ class Supervisor:
         self.writebehind.on_fenced = self._fenced
         self.reads = ReadThrough(store, self.writebehind, self.retry)
         self.events = EventHub(self.counters)
+        self.feed = EventFeed(store, config, self.retry)
         self.expiry = ExpiryEngine(self)
         self.chats = Chats(store, self, size=config.max_resident)
         #: The turns held on sessions (`SessionRuntime.turn`); a hand-off waits for one to end.
@@ -93,6 +95,8 @@ class Supervisor:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.expiry.run)
                 await nursery.start(self._passivate_idle_forever)
+                if self.config.event_feed:
+                    await nursery.start(self.feed.run)
                 task_status.started()
 
     def stop_background(self) -> None:

@@ -34,7 +34,7 @@ from loguru import logger
 from ._config import RuntimeConfig
 from ._errors import SessionMoved, WriteRejected
 from ._metrics import Counters
-from ._model import Message, Session
+from ._model import FeedKind, Message, Session, SessionEvent
 from ._retry import Retry
 from ._store import Store, WriteBatch
 
@@ -83,8 +83,8 @@ class DurableWaiter:
 class _Entry:
     """One session's buffered changes: its newest row, or a deletion, and new messages."""
 
-    __slots__ = ("created", "deleted", "full", "messages", "refused", "row", "session_id", "settled",
-                 "since", "ticket", "waiters")
+    __slots__ = ("changed", "created", "deleted", "events", "full", "messages", "refused", "row",
+                 "session_id", "settled", "since", "ticket", "waiters")
 
     def __init__(self, session_id: UUID, ticket: int, since: float) -> None:
         self.reset(session_id, ticket, since)
@@ -101,6 +101,11 @@ class _Entry:
         # False while every change since the last flush was activity: the
         # store then updates only the activity columns (WriteBatch.touched).
         self.full = False
+        # The feed's lifecycle events since the last flush (created, ended,
+        # expired, deleted), each with its snapshot; and whether a change
+        # came after the last of them (an "updated" event, with the newest row).
+        self.events: list[SessionEvent] | None = None
+        self.changed = False
         self.ticket = ticket
         self.since = since
         self.waiters: list[DurableWaiter] | None = None
@@ -136,6 +141,7 @@ class WriteBehind:
         self._config = config
         self._counters = counters
         self._retry = retry
+        self._feed = config.event_feed
         #: Called for each row the database refuses (the supervisor reconciles the session).
         self.on_refused: RefusalHandler | None = None
         #: Called for each session whose writes were fenced (the supervisor stops its actor).
@@ -184,13 +190,16 @@ class WriteBehind:
             await self._space.park()
 
     def record(self, row: Session, message: Message | None = None, *, activity: bool = False,
-               created: bool = False) -> None:
+               created: bool = False, kind: FeedKind = "updated") -> None:
         """Buffer a session's new row, and the message it appended if any.
 
         `activity`: the row differs from the session's previous row only in
         `ACTIVITY_FIELDS`, so if every change buffered since the last flush
         is such, the flush writes just those columns. `created`: the row is
-        a new session's first, which the store may insert.
+        a new session's first, which the store may insert. `kind`: the
+        change's event in the durable feed ("created" when `created`);
+        a lifecycle event is kept with its row, "updated" ones fold into the
+        flush's newest row (see `_batch_of`).
         """
         entry = self._pending.get(row.id)
         if entry is None:
@@ -200,6 +209,12 @@ class WriteBehind:
         elif not activity:
             entry.full = True
         entry.row = row
+        if created:
+            kind = "created"
+        if kind == "updated":
+            entry.changed = True
+        elif self._feed:
+            self._lifecycle(entry, SessionEvent(kind, row))
         if message is not None:
             if entry.messages is None:
                 entry.messages = [message]
@@ -208,8 +223,11 @@ class WriteBehind:
             self._size += 1
         self._ticket += 1
 
-    def record_delete(self, session_id: UUID) -> None:
-        """Buffer a hard delete: drops the session's buffered row and messages."""
+    def record_delete(self, session_id: UUID, last: Session | None = None) -> None:
+        """Buffer a hard delete: drops the session's buffered row and messages (not its feed events).
+
+        `last`: the session as it was deleted, for the feed's "deleted" event.
+        """
         entry = self._pending.get(session_id)
         if entry is None:
             entry = self._new_entry(session_id)
@@ -217,7 +235,18 @@ class WriteBehind:
         entry.row = None
         entry.messages = None
         entry.deleted = True
+        if self._feed and last is not None:
+            self._lifecycle(entry, SessionEvent("deleted", last))
         self._ticket += 1
+
+    @staticmethod
+    def _lifecycle(entry: _Entry, event: SessionEvent) -> None:
+        """Keep a lifecycle event; the changes since the previous one fold into it (its row has them)."""
+        entry.changed = False
+        if entry.events is None:
+            entry.events = [event]
+        else:
+            entry.events.append(event)
 
     def drop(self, session_id: UUID, error: BaseException) -> None:
         """Forget the session's pending changes (fenced: never to be written); tell their waiters."""
@@ -379,7 +408,8 @@ class WriteBehind:
                 await other.written.wait()
             # Built only now: a row an earlier batch had refused makes the
             # same session's row here a full one (see _reject).
-            await self._write_isolating(_batch_of(inflight.values(), self._owner), inflight, whole=True)
+            write_batch = _batch_of(inflight.values(), self._owner, feed=self._feed)
+            await self._write_isolating(write_batch, inflight, whole=True)
         finally:
             # Cancellation (a shutdown that ran out of time) leaves the rows
             # unwritten; they are already counted as lost by the caller.
@@ -391,6 +421,7 @@ class WriteBehind:
                     entry.row = None
                     entry.messages = None
                     entry.waiters = None
+                    entry.events = None
                     spare.append(entry)
             self._inflight.remove(batch)
             batch.written.set()
@@ -472,8 +503,15 @@ class WriteBehind:
             self.on_refused(session_id, entry.row)
 
 
-def _batch_of(entries: Iterable[_Entry], owner: Owner) -> WriteBatch:
+def _batch_of(entries: Iterable[_Entry], owner: Owner, *, feed: bool) -> WriteBatch:
+    """The batch that writes `entries`; with `feed`, and their events.
+
+    A session's events are its lifecycle events (none is ever merged away),
+    then one "updated" with the newest row if anything changed after the
+    last of them: one "updated" event per flushed range of versions.
+    """
     sessions: list[Session] = []
+    events: list[SessionEvent] = []
     touched: list[Session] = []
     messages: list[tuple[UUID, Message]] = []
     deletes: list[UUID] = []
@@ -492,5 +530,10 @@ def _batch_of(entries: Iterable[_Entry], owner: Owner) -> WriteBatch:
             (sessions if entry.full else touched).append(entry.row)
             if entry.messages:
                 messages.extend((entry.session_id, m) for m in entry.messages)
+        if feed:
+            if entry.events:
+                events.extend(entry.events)
+            if entry.changed and entry.row is not None:
+                events.append(SessionEvent("updated", entry.row))
     return WriteBatch(tuple(sessions), tuple(messages), tuple(deletes), tuple(touched),
-                      owner.instance, epochs, frozenset(created))
+                      owner.instance, epochs, frozenset(created), tuple(events))

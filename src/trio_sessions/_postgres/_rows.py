@@ -14,7 +14,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Protocol
 from uuid import UUID
 
-from .._model import EMPTY_METADATA, JsonObject, Message, Note, Session, check_metadata
+from .._cursor import encode_feed_cursor
+from .._model import (
+    EMPTY_METADATA,
+    FeedEvent,
+    JsonObject,
+    Message,
+    Note,
+    Session,
+    SessionEvent,
+    check_metadata,
+)
 from .._store import WriteBatch, fenced_sessions
 
 
@@ -116,6 +126,20 @@ def message_columns(messages: Sequence[tuple[UUID, Message]]) -> list[Sequence[A
     """The 5 column arrays of `INSERT_MESSAGES`, in batch order (first copy wins)."""
     rows = [(session_id, m.seq, m.role, m.content, m.created_at) for session_id, m in messages]
     return list(zip(*rows, strict=True))
+
+
+def event_columns(events: Sequence[SessionEvent]) -> list[Sequence[Any]]:
+    """The 9 column arrays of `INSERT_EVENTS`, in the order given."""
+    rows = [(e.kind, s.id, s.version, s.user_id, s.agent, s.chat_id, s.state, s.is_active, s.end_reason)
+            for e in events for s in (e.session,)]
+    return list(zip(*rows, strict=True))
+
+
+def event_from_row(row: Row) -> FeedEvent:
+    """The `FeedEvent` of a `READ_EVENTS` row (its position first, the xid as text)."""
+    position = (int(row[0]), row[1])
+    return FeedEvent(encode_feed_cursor(position), row[2], row[3], row[4], row[5], row[6], row[7], row[8],
+                     row[9], row[10], row[11])
 
 
 def fenced(batch: WriteBatch, locked: Sequence[Row]) -> list[UUID]:

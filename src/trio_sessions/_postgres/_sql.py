@@ -102,6 +102,75 @@ SELECT * FROM unnest($1::uuid[], $2::integer[], $3::text[], $4::text[], $5::time
 ON CONFLICT (session_id, seq) DO NOTHING
 """
 
+# The durable feed (migration 0006). An event's transaction id and time are
+# the columns' defaults: pg_current_xact_id() and now() of the write's
+# transaction. Its snapshot columns, in this order:
+EVENT_COLUMNS: Final = "kind, session_id, version, user_id, agent, chat_id, state, is_active, end_reason"
+
+# A batch's lifecycle events (created, ended, expired, deleted), each with its
+# own snapshot, in the order given (ordinality: the ids of one transaction
+# follow it, so a session's events are in version order). Run before the
+# rows' statements, whose "updated" events come after a session's lifecycle
+# ones. A retry whose first try committed finds them stored (the partial
+# unique index) and adds none.
+INSERT_EVENTS: Final = f"""
+INSERT INTO session_events ({EVENT_COLUMNS})
+SELECT {EVENT_COLUMNS}
+FROM unnest($1::text[], $2::uuid[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[],
+            $8::boolean[], $9::text[]) WITH ORDINALITY AS e ({EVENT_COLUMNS}, n)
+ORDER BY n
+ON CONFLICT (session_id, version, kind) WHERE kind <> 'updated' DO NOTHING
+"""
+
+
+def _with_updated_events(statement: str, table: str, ids: int | None) -> str:
+    """`statement` (an upsert or update of `sessions`), and in the same statement the "updated"
+    event of each row it wrote whose id is in the array `$ids` (of every row it wrote when
+    `ids` is None): the snapshot comes back from the row as written (RETURNING), so nothing of
+    it is sent twice, and a row the version guard skipped (a retry whose first try committed,
+    a stale writer) has no event."""
+    columns = ["id", *EVENT_COLUMNS.split(", ")[2:]]  # the sessions' columns of the snapshot
+    returned = ", ".join(f"{table}.{column}" for column in columns)
+    return f"""
+WITH written ({EVENT_COLUMNS.partition(", ")[2]}) AS ({statement} RETURNING {returned})
+INSERT INTO session_events ({EVENT_COLUMNS})
+SELECT 'updated', w.session_id, w.version, w.user_id, w.agent, w.chat_id, w.state, w.is_active,
+       w.end_reason
+FROM written AS w{"" if ids is None else f" JOIN unnest(${ids}::uuid[]) AS u (id) ON u.id = w.session_id"}
+"""
+
+# The two row statements with their rows' "updated" events (the feed is on): of
+# the rows whose ids are in the last array, or, the common case, of every row.
+UPSERT_SESSIONS_WITH_EVENTS: Final = _with_updated_events(UPSERT_SESSIONS, "sessions", 21)
+TOUCH_SESSIONS_WITH_EVENTS: Final = _with_updated_events(TOUCH_SESSIONS, "s", 6)
+UPSERT_SESSIONS_ALL_WITH_EVENTS: Final = _with_updated_events(UPSERT_SESSIONS, "sessions", None)
+TOUCH_SESSIONS_ALL_WITH_EVENTS: Final = _with_updated_events(TOUCH_SESSIONS, "s", None)
+
+
+# The events after the position ($1 xid, as text, $2 id), committed for good:
+# below the xmin of this statement's snapshot no transaction is running and
+# none can start, so no event can ever appear before the last one returned
+# (see migration 0006 and trio_sessions._feed).
+READ_EVENTS: Final = """
+SELECT xid::text, id, kind, session_id, user_id, agent, chat_id, state, is_active, end_reason, version, at
+FROM session_events
+WHERE (xid, id) > ($1::text::xid8, $2::bigint) AND xid < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY xid, id
+LIMIT $3
+"""
+
+# Of the $2 first events by position, those older than $1 seconds of the
+# database's time: a bounded delete that walks the position index only.
+PRUNE_EVENTS: Final = """
+WITH pruned AS (
+    DELETE FROM session_events
+    WHERE (xid, id) IN (SELECT xid, id FROM session_events ORDER BY xid, id LIMIT $2)
+      AND at <= now() - $1 * INTERVAL '1 second'
+    RETURNING 1
+)
+SELECT count(*)::integer FROM pruned
+"""
+
 DELETE_MESSAGES: Final = "DELETE FROM session_messages WHERE session_id = ANY($1::uuid[])"
 DELETE_SESSIONS: Final = "DELETE FROM sessions WHERE id = ANY($1::uuid[])"
 

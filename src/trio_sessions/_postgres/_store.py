@@ -21,7 +21,7 @@ import trio
 from .._config import RuntimeConfig
 from .._errors import SessionMoved, StoreUnavailable, WriteRejected
 from .._migrations import load_migrations
-from .._model import Message, Session, check_text
+from .._model import FeedEvent, Message, Session, SessionEvent, check_text
 from .._secrets import redact_url
 from .._store import Acquired, Busy, ChatTaken, Joined, ListQuery, WriteBatch, dated_after
 from . import _rows as rows
@@ -185,7 +185,8 @@ class PostgresStore:
         await db.locked_transaction((sql.LOCK_FOR_WRITE, (sorted(set(batch.session_ids())),)), fence)
         return tuple(fenced)
 
-    async def place(self, row: Session, instance: UUID, epoch: int, *, created: bool) -> Session | UUID:
+    async def place(self, row: Session, instance: UUID, epoch: int, *, created: bool,
+                    event: bool = False) -> Session | UUID:
         """Write one row now, fenced as `write` does; the chat's holder instead if it has one.
 
         The unique index `sessions_chat_active_idx` decides: of two places
@@ -204,10 +205,11 @@ class PostgresStore:
             StoreUnavailable: a transient failure, or a chat that kept changing hands.
         """
         db = self._connected()
-        batch = WriteBatch((row,), (), (), owner=instance, epochs={row.id: epoch})
+        events = (SessionEvent("created" if created else "updated", row),) if event else ()
+        batch = WriteBatch((row,), (), (), owner=instance, epochs={row.id: epoch}, events=events)
         for _ in range(3):
             if created:
-                if await self._insert_new(row, instance, epoch):
+                if await self._insert_new(row, instance, epoch, events):
                     return await self._dated(row, instance)
             else:
                 try:
@@ -238,12 +240,15 @@ class PostgresStore:
         await db.fetch(sql.REDATE_NEW_SESSION, row.id, instance, row.created_at, row.expires_at)
         return row
 
-    async def _insert_new(self, row: Session, instance: UUID, epoch: int) -> bool:
-        """Insert a new session unless its chat is held; whether it was inserted."""
+    async def _insert_new(self, row: Session, instance: UUID, epoch: int,
+                          events: Sequence[SessionEvent]) -> bool:
+        """Insert a new session unless its chat is held (with its feed event, if any); whether it was."""
         inserted: list[rows.Row] = []
 
         def keep(found: Sequence[rows.Row]) -> Iterator[Statement]:
             inserted.extend(found)
+            if found and events:
+                return iter(((sql.INSERT_EVENTS, rows.event_columns(events)),))
             return iter(())
 
         columns = [*rows.session_columns([row]), instance, [epoch]]
@@ -265,6 +270,20 @@ class PostgresStore:
         args.append(query.limit)
         found = await self._connected().fetch(sql.LIST_SQL[present], *args)
         return [rows.session_from_row(row) for row in found]
+
+    # ------------------------------------------------------------ the feed
+
+    async def read_events(self, after: tuple[int, int] | None, limit: int) -> builtins.list[FeedEvent]:
+        """The committed events after `after`, by position (`READ_EVENTS`: below the snapshot's xmin)."""
+        xid, event_id = (0, 0) if after is None else after
+        found = await self._connected().fetch(sql.READ_EVENTS, str(xid), event_id, limit)
+        return [rows.event_from_row(row) for row in found]
+
+    async def prune_events(self, older_than: float, limit: int) -> int:
+        """Delete the old ones among the `limit` first events (`PRUNE_EVENTS`); how many."""
+        row = await self._connected().fetchrow(sql.PRUNE_EVENTS, older_than, limit)
+        assert row is not None  # an aggregate always answers one row
+        return int(row[0])
 
     # ----------------------------------------------------------- ownership
 
@@ -370,17 +389,41 @@ def _statements(batch: WriteBatch) -> Iterator[Statement]:
     encoding holds the event loop (Trio's, that is), and a whole batch of
     full rows would hold it ~15 ms (benchmarks/s5).
     """
-    def upsert_columns(sessions: Sequence[Session]) -> list[Any]:
+    def owned_columns(sessions: Sequence[Session]) -> list[Any]:
         epochs = batch.epochs
         return [*rows.session_columns(sessions), batch.owner, [epochs.get(s.id, 0) for s in sessions]]
 
-    yield from _in_parts(sql.UPSERT_SESSIONS, upsert_columns, rows.by_id(batch.sessions))
-    yield from _in_parts(sql.TOUCH_SESSIONS, rows.touched_columns, rows.by_id(batch.touched))
+    upsert, touch = sql.UPSERT_SESSIONS, sql.TOUCH_SESSIONS
+    upsert_columns: Callable[[Sequence[Session]], list[Any]] = owned_columns
+    touched_columns: Callable[[Sequence[Session]], list[Any]] = rows.touched_columns
+    if batch.events:
+        # Lifecycle events first: a session's "updated" event comes after them (WriteBatch).
+        lifecycle = [event for event in batch.events if event.kind != "updated"]
+        yield from _in_parts(sql.INSERT_EVENTS, rows.event_columns, lifecycle)
+        count = len(batch.events) - len(lifecycle)
+        if count == len(batch.sessions) + len(batch.touched):  # every row has one: no ids to send
+            upsert, touch = sql.UPSERT_SESSIONS_ALL_WITH_EVENTS, sql.TOUCH_SESSIONS_ALL_WITH_EVENTS
+        elif count:
+            updated = {event.session.id for event in batch.events if event.kind == "updated"}
+            upsert, touch = sql.UPSERT_SESSIONS_WITH_EVENTS, sql.TOUCH_SESSIONS_WITH_EVENTS
+            upsert_columns = _with_ids(owned_columns, updated)
+            touched_columns = _with_ids(rows.touched_columns, updated)
+    yield from _in_parts(upsert, upsert_columns, rows.by_id(batch.sessions))
+    yield from _in_parts(touch, touched_columns, rows.by_id(batch.touched))
     yield from _in_parts(sql.INSERT_MESSAGES, rows.message_columns, batch.messages)
     if batch.deletes:
         deletes = sorted(batch.deletes)
         yield sql.DELETE_MESSAGES, (deletes,)
         yield sql.DELETE_SESSIONS, (deletes,)
+
+
+def _with_ids(columns: Callable[[Sequence[Session]], list[Any]], updated: set[UUID],
+              ) -> Callable[[Sequence[Session]], list[Any]]:
+    """`columns`, and the array of the ids among the rows that have an "updated" event."""
+    def with_ids(sessions: Sequence[Session]) -> list[Any]:
+        return [*columns(sessions), [s.id for s in sessions if s.id in updated]]
+
+    return with_ids
 
 
 def _in_parts(statement: str, columns: Callable[[Sequence[R]], list[Sequence[Any]]], items: Sequence[R]

@@ -17,6 +17,7 @@ reshuffle the faults the other knobs produce.
 
 from __future__ import annotations
 
+import builtins
 import math
 import random
 from collections.abc import AsyncIterator, Sequence
@@ -31,7 +32,7 @@ from .._errors import InvalidArgument, StoreUnavailable
 from .._store import Store
 
 if TYPE_CHECKING:
-    from .._model import Message, Session
+    from .._model import FeedEvent, Message, Session
     from .._store import Acquired, Busy, Joined, ListQuery, WriteBatch
 
 # What `failure_rate` injects: the transient errors PostgresStore turns into
@@ -74,7 +75,8 @@ class FaultyStore:
     Every call (`load`, `load_messages`, `load_sessions`, `live_deadlines`,
     `write`, `list`, `health_check`, and the ownership calls `register`,
     `renew`, `leave`, `acquire`, `claim`, `free_deadlines`,
-    `request_handoff`, `handoff_requests`, `grant`, `drop_handoff`; not
+    `request_handoff`, `handoff_requests`, `grant`, `drop_handoff`, the
+    chat's `place`, and the feed's `read_events` and `prune_events`; not
     `wait_for_notice`) first sleeps for a latency drawn from `latency` (a
     checkpoint even when it is 0), then:
 
@@ -82,7 +84,7 @@ class FaultyStore:
     2. else, with probability `failure_rate`, raises `StoreUnavailable` naming
        one of the transient errors PostgreSQL raises (`TRANSIENT_FAULTS`); the
        inner store is not called, so nothing was applied;
-    3. else calls the inner store; for `write` only, with probability
+    3. else calls the inner store; for `write` and `place` only, with probability
        `unknown_commit_rate`, the inner write is applied and *then*
        `StoreUnavailable` (08007, transaction_resolution_unknown) is raised.
 
@@ -184,9 +186,10 @@ class FaultyStore:
             raise _unknown_commit()
         return fenced
 
-    async def place(self, row: Session, instance: UUID, epoch: int, *, created: bool) -> Session | UUID:
+    async def place(self, row: Session, instance: UUID, epoch: int, *, created: bool,
+                    event: bool = False) -> Session | UUID:
         unknown = await self._arrive()
-        placed = await self.inner.place(row, instance, epoch, created=created)
+        placed = await self.inner.place(row, instance, epoch, created=created, event=event)
         if unknown < self._unknown_commit_rate:
             self.unknown_commits += 1
             raise _unknown_commit()
@@ -244,6 +247,14 @@ class FaultyStore:
     async def list(self, query: ListQuery) -> list[Session]:
         await self._arrive()
         return await self.inner.list(query)
+
+    async def read_events(self, after: tuple[int, int] | None, limit: int) -> builtins.list[FeedEvent]:
+        await self._arrive()
+        return await self.inner.read_events(after, limit)
+
+    async def prune_events(self, older_than: float, limit: int) -> int:
+        await self._arrive()
+        return await self.inner.prune_events(older_than, limit)
 
     async def health_check(self) -> None:
         await self._arrive()
