@@ -18,6 +18,8 @@ PUBLIC = {
     # For several runtimes on one store: the error of a durable caller whose session another
     # runtime took over, and what the Store protocol's ownership calls return.
     "SessionMoved", "Acquired", "Busy", "ChatSessionExists", "Joined",
+    # What RuntimeConfig.database_url holds: a URL that shows itself only redacted.
+    "SecretUrl",
 }
 
 STORE_METHODS = {"connect", "load", "load_messages", "load_sessions", "live_deadlines", "write", "list",
@@ -35,6 +37,7 @@ MEMBERS = {
         "end", "delete", "list", "cleanup_old_sessions", "flush", "subscribe", "metrics", "config",
         "deadline", "health", "iter_sessions", "session_for_chat", "turn", "chat_turn"},
     "Subscription": {"receive", "dropped"},
+    "SecretUrl": {"of", "reveal"},
     "Store": STORE_METHODS,
     "MemoryStore": STORE_METHODS,
     "PostgresStore": STORE_METHODS,

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import pytest
 from loguru import logger
 
-from trio_sessions import InvalidArgument, MemoryStore, RuntimeConfig, open_runtime
+from trio_sessions import InvalidArgument, MemoryStore, PostgresStore, RuntimeConfig, SecretUrl, open_runtime
 from trio_sessions._secrets import redact_url
 
 PASSWORD = "Sup3rS3cret"
@@ -24,10 +25,28 @@ def test_redact_url() -> None:
 
 def test_config_repr_and_str_redact_the_password() -> None:
     config = RuntimeConfig(database_url=URL)
-    assert config.database_url == URL  # the value itself is whole, for the driver
-    for shown in (repr(config), str(config), f"{config}", repr([config])):
+    url = config.database_url
+    assert isinstance(url, SecretUrl) and url.reveal() == URL  # whole, for the driver
+    for shown in (repr(config), str(config), f"{config}", repr([config]), repr(url), str(url), f"{url}",
+                  repr({"url": url})):
         assert PASSWORD not in shown
         assert "alice:***@db.example.com" in shown
+    # What the config returns goes back in as it is.
+    assert RuntimeConfig(database_url=url) == config == dataclasses.replace(config, pool_max=10)
+    assert PostgresStore(url).__repr__() == PostgresStore(URL).__repr__()
+    assert url == SecretUrl(URL) and hash(url) == hash(SecretUrl(URL)) and url != URL
+
+
+def test_a_secret_url_takes_only_an_exact_str() -> None:
+    class Lying(str):
+        def __str__(self) -> str:
+            return "postgresql://someone@else/db"
+
+    with pytest.raises(TypeError):
+        SecretUrl(Lying(URL))
+    # Through the config a subclass is read for its characters, as every text argument is.
+    url = RuntimeConfig(database_url=Lying(URL)).database_url
+    assert isinstance(url, SecretUrl) and url.reveal() == URL and type(url.reveal()) is str
 
 
 @pytest.mark.parametrize("url", [

@@ -12,9 +12,11 @@ from urllib.parse import urlsplit
 
 from ._errors import InvalidArgument
 from ._model import check_bool, check_int, check_optional_text, check_seconds
-from ._secrets import redact_url
+from ._secrets import SecretUrl, redact_url
 
 ENV_PREFIX: Final = "TRIO_SESSIONS_"
+#: The longest database URL accepted.
+MAX_URL_CHARS: Final = 4096
 _SCHEMES: Final = ("postgresql", "postgres")
 _INT_RANGES: Final = (
     ("max_messages", 1, 100_000),
@@ -41,7 +43,9 @@ class RuntimeConfig:
     """
 
     #: PostgreSQL URL; None means `DATABASE_URL` if set, else an embedded server.
-    database_url: str | None = None
+    #: Given as a `str` (or a `SecretUrl`), kept as a `SecretUrl`, which shows
+    #: itself redacted: `config.database_url.reveal()` is the URL.
+    database_url: str | SecretUrl | None = None
     #: Data folder of the embedded server (None: the user's data folder).
     data_dir: str | None = None
     #: Sliding expiration of a session without activity.
@@ -107,10 +111,13 @@ class RuntimeConfig:
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # store the plain values that were checked
-        url = check_optional_text("database_url", self.database_url, max_chars=4096)
-        if url is not None:
+        if self.database_url is not None:
+            # Held as a SecretUrl from here on: a frame that prints its locals shows it redacted.
+            url = secret_url(self.database_url)
+            if isinstance(url, str):
+                raise InvalidArgument("database_url", url)
             _check_url(url)
-        set_(self, "database_url", url)
+            set_(self, "database_url", url)
         set_(self, "data_dir", check_optional_text("data_dir", self.data_dir, max_chars=4096))
         set_(self, "auto_migrate", check_bool("auto_migrate", self.auto_migrate))
         if self.call_timeout is not None:
@@ -133,10 +140,8 @@ class RuntimeConfig:
                                   f"({self.lease_duration}s), so that a late renewal does not lose the lease")
 
     def __repr__(self) -> str:
-        shown = ", ".join(
-            f"{field.name}={redact_url(self.database_url)!r}" if field.name == "database_url"
-            and self.database_url is not None else f"{field.name}={getattr(self, field.name)!r}"
-            for field in fields(self))
+        shown = ", ".join(f"{field.name}={_shown(getattr(self, field.name), field.name)!r}"
+                          for field in fields(self))
         return f"RuntimeConfig({shown})"
 
     __str__ = __repr__
@@ -219,7 +224,45 @@ class RuntimeConfig:
         return Path(base) / "trio-sessions" / "postgres"
 
 
-_FIELD_TYPES: Final = {"str | None": str, "float": float, "float | None": float, "int": int, "bool": bool}
+def _shown(value: object, name: str) -> object:
+    """A field's value for `repr`: the URL redacted, a `str` too (while `__post_init__` has not yet run)."""
+    if name == "database_url" and isinstance(value, str):
+        return redact_url(str.__str__(value))
+    return str(value) if isinstance(value, SecretUrl) else value
+
+
+def secret_url(url: object) -> SecretUrl | str:
+    """`url` as a `SecretUrl`, after the checks `check_text` makes; else what is wrong with it.
+
+    Never raises: a traceback shows each frame with the value of every name
+    on its line (loguru's `diagnose`), and a frame here holds the plain
+    text. The caller raises `InvalidArgument` on a line naming only the problem.
+    """
+    if isinstance(url, SecretUrl):
+        return url
+    if not issubclass(type(url), str):
+        return f"must be a string, not {type(url).__name__}"
+    text = str.__str__(url)  # an exact copy of a subclass's characters
+    if not text or text.isspace():
+        return "must not be empty"
+    if len(text) > MAX_URL_CHARS:
+        return f"must be at most {MAX_URL_CHARS} characters, got {len(text)}"
+    if "\x00" in text:
+        return "must not contain the NUL character"
+    if any("\ud800" <= char <= "\udfff" for char in text):
+        return "must be valid Unicode (it contains a lone surrogate)"
+    return SecretUrl(text)
+
+
+def configured_url(config: RuntimeConfig) -> SecretUrl | None:
+    """`config.database_url`, typed as what it is once the config is made (never a `str`)."""
+    url = config.database_url
+    assert not isinstance(url, str)  # __post_init__ made it a SecretUrl
+    return url
+
+
+_FIELD_TYPES: Final = {"str | None": str, "str | SecretUrl | None": str,
+                        "float": float, "float | None": float, "int": int, "bool": bool}
 _OPTIONAL: Final = frozenset({"database_url", "data_dir", "call_timeout"})
 
 
@@ -234,9 +277,9 @@ def _made(cls: type[RuntimeConfig], values: dict[str, Any], origin: Mapping[str,
         raise InvalidArgument(source, exc.problem) from None
 
 
-def _check_url(url: str) -> None:
+def _check_url(secret: SecretUrl) -> None:
     """A PostgreSQL URL the driver can parse; the message never shows the password."""
-    shown = redact_url(url)
+    shown, url = str(secret), secret.reveal()
     scheme, separator, rest = url.partition("://")
     if not separator or scheme.lower() not in _SCHEMES:
         raise InvalidArgument("database_url", f"must start with postgresql:// (got {shown!r})")

@@ -22,12 +22,13 @@ from loguru import logger
 
 from . import _model as model
 from ._commands import TOUCH, AddNote, AppendMessage, Context, Delete, End, Read, Update
-from ._config import RuntimeConfig
+from ._config import RuntimeConfig, configured_url
 from ._cursor import decode_cursor, encode_cursor
 from ._errors import InvalidArgument, SessionNotFound, StoreUnavailable
 from ._health import Health
 from ._metrics import MetricsSnapshot
 from ._model import Message, Page, Session
+from ._secrets import SecretUrl
 from ._store import ListQuery, Store
 from ._subscriptions import Subscription
 from ._supervisor import Supervisor
@@ -601,7 +602,9 @@ async def _open_store(config: RuntimeConfig, store: Store | None) -> AsyncIterat
         from ._postgres import PostgresStore
 
         migrate = config.auto_migrate
-        url = config.database_url or os.environ.get("DATABASE_URL")
+        url = configured_url(config)
+        if url is None and os.environ.get("DATABASE_URL"):
+            url = SecretUrl(os.environ["DATABASE_URL"])
         if url is None:
             from ._embedded import open_embedded_postgres
 
