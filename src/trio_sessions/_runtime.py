@@ -14,6 +14,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any, Concatenate, Final, ParamSpec, TypeVar
 from uuid import UUID
 
@@ -93,8 +94,18 @@ class SessionRuntime:
 
         For `trio.sleep_until` or `trio.move_on_at`; exact, also under `MockClock`.
         Never blocks.
+
+        Raises:
+            InvalidArgument: `session` is not a `Session`, or its `expires_at`
+                is not a timezone-aware datetime (a naive one would be read
+                as local time).
         """
-        return self._sup.clock.to_trio(session.expires_at)
+        if not isinstance(session, Session):
+            raise InvalidArgument("session", f"must be a Session, not {type(session).__name__}")
+        expires = session.expires_at
+        if not isinstance(expires, datetime) or datetime.utcoffset(expires) is None:
+            raise InvalidArgument("session", "its expires_at must be a timezone-aware datetime")
+        return self._sup.clock.to_trio(expires)
 
     def _opening(self, user_id: object, agent: object, chat_id: object, title: object, state: object,
                  metadata: object, timeout: object, *, chat: Callable[..., str | None],
