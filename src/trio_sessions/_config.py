@@ -166,15 +166,18 @@ class RuntimeConfig:
         """
         env = os.environ if environ is None else environ
         known = {ENV_PREFIX + field.name.upper(): field.name for field in fields(cls)}
-        for key in env:
-            if key.startswith(ENV_PREFIX) and key not in known:
-                raise InvalidArgument(key, f"is not a setting; known: {', '.join(sorted(known))}")
+        unknown = sorted(key for key in env if key.startswith(ENV_PREFIX) and key not in known)
+        if unknown:
+            raise InvalidArgument(unknown[0], f"is not a setting; known: {', '.join(sorted(known))}")
+        # Only the variables read, a URL as a SecretUrl at once: no line below that may raise
+        # names the environment or a URL in plain text (loguru's diagnose prints each name).
+        read = {key: _hide_url(key, env[key]) for key in (*known, *_ALSO_READ) if key in env}
         values: dict[str, Any] = {}
         origin: dict[str, str] = {}
-        if env.get("DATABASE_URL"):
-            values["database_url"], origin["database_url"] = env["DATABASE_URL"], "DATABASE_URL"
-        if "SESSION_TIMEOUT_MINUTES" in env:
-            text = env["SESSION_TIMEOUT_MINUTES"]
+        if read.get("DATABASE_URL"):
+            values["database_url"], origin["database_url"] = read["DATABASE_URL"], "DATABASE_URL"
+        if "SESSION_TIMEOUT_MINUTES" in read:
+            text = read["SESSION_TIMEOUT_MINUTES"]
             minutes = _parse("SESSION_TIMEOUT_MINUTES", text, float)
             try:
                 values["session_timeout"] = check_seconds("session_timeout", minutes * 60.0)
@@ -182,8 +185,8 @@ class RuntimeConfig:
                 problem = f"must be a finite number of minutes above 0, got {text!r:.80}"
                 raise InvalidArgument("SESSION_TIMEOUT_MINUTES", problem) from None
         for key, name in known.items():
-            if key in env:
-                values[name], origin[name] = _parse(key, env[key], _field_type(name)), key
+            if key in read:
+                values[name], origin[name] = _parse(key, read[key], _field_type(name)), key
         return _made(cls, values, origin)
 
     @classmethod
@@ -208,6 +211,8 @@ class RuntimeConfig:
         table = document.get("trio_sessions", document)
         if not isinstance(table, dict):
             raise InvalidArgument("trio_sessions", "must be a TOML table")
+        if type(table.get("database_url")) is str:  # hidden at once, as in from_env
+            table["database_url"] = SecretUrl(table["database_url"])
         if table is not document:
             for key, value in document.items():
                 if key != "trio_sessions" and not isinstance(value, dict):
@@ -239,10 +244,11 @@ def secret_url(url: object) -> SecretUrl | str:
     text. The caller raises `InvalidArgument` on a line naming only the problem.
     """
     if isinstance(url, SecretUrl):
-        return url
-    if not issubclass(type(url), str):
+        text = url.reveal()
+    elif issubclass(type(url), str):
+        text = str.__str__(url)  # an exact copy of a subclass's characters
+    else:
         return f"must be a string, not {type(url).__name__}"
-    text = str.__str__(url)  # an exact copy of a subclass's characters
     if not text or text.isspace():
         return "must not be empty"
     if len(text) > MAX_URL_CHARS:
@@ -251,7 +257,7 @@ def secret_url(url: object) -> SecretUrl | str:
         return "must not contain the NUL character"
     if any("\ud800" <= char <= "\udfff" for char in text):
         return "must be valid Unicode (it contains a lone surrogate)"
-    return SecretUrl(text)
+    return url if isinstance(url, SecretUrl) else SecretUrl(text)
 
 
 def configured_url(config: RuntimeConfig) -> SecretUrl | None:
@@ -307,7 +313,21 @@ def _check_names(values: Mapping[str, Any], where: str) -> None:
             raise InvalidArgument(name, f"unknown setting in {where}; known: {', '.join(sorted(known))}")
 
 
-def _parse(key: str, text: str, kind: type) -> Any:
+#: The variables `from_env` reads beside `TRIO_SESSIONS_<FIELD>`, and those that hold a URL.
+_ALSO_READ: Final = ("DATABASE_URL", "SESSION_TIMEOUT_MINUTES")
+_URL_VARIABLES: Final = frozenset({"DATABASE_URL", ENV_PREFIX + "DATABASE_URL"})
+
+
+def _hide_url(key: str, text: str) -> str | SecretUrl:
+    """`text` as a `SecretUrl` when `key` holds a URL (and `text` does not mean "unset"), else `text`."""
+    if key in _URL_VARIABLES and type(text) is str and text.strip().lower() not in {"", "none"}:
+        return SecretUrl(text)
+    return text
+
+
+def _parse(key: str, text: str | SecretUrl, kind: type) -> Any:
+    if isinstance(text, SecretUrl):
+        return text
     if key.removeprefix(ENV_PREFIX).lower() in _OPTIONAL and text.strip().lower() in {"", "none"}:
         return None
     if kind is str:
