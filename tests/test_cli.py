@@ -14,7 +14,7 @@ from uuid import uuid4
 import pytest
 from loguru import logger
 
-from trio_sessions import MemoryStore, RuntimeConfig, Session, open_runtime
+from trio_sessions import MemoryStore, RuntimeConfig, SecretUrl, Session, open_runtime
 from trio_sessions._cli import _is_interrupt, main, parse_args, run_migrate
 from trio_sessions._demo import DemoOptions, run_demo
 from trio_sessions._demo_ledger import (
@@ -75,7 +75,7 @@ async def test_demo_in_three_processes_hands_chats_over_and_its_check_passes(
     options = DemoOptions.from_args(args)
     assert options.processes == 3
 
-    code = await run_processes(options, postgres_url)
+    code = await run_processes(options, SecretUrl(postgres_url))
 
     out = capfd.readouterr().out
     assert code == 0, out

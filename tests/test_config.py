@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from trio_sessions import InvalidArgument, RuntimeConfig
+from trio_sessions import InvalidArgument, RuntimeConfig, SecretUrl
 
 
 def test_defaults() -> None:
@@ -43,7 +43,7 @@ def test_from_env() -> None:
         "TRIO_SESSIONS_MAX_RESIDENT": "7",
         "TRIO_SESSIONS_FLUSH_INTERVAL": "0.5",
     })
-    assert config.database_url == "postgresql://db/x"
+    assert config.database_url == SecretUrl("postgresql://db/x")
     assert config.session_timeout == 300.0
     assert (config.max_resident, config.flush_interval) == (7, 0.5)
 
@@ -120,7 +120,7 @@ def test_prefixed_variables_win_over_the_plain_ones() -> None:
         "DATABASE_URL": "postgresql://plain/db", "TRIO_SESSIONS_DATABASE_URL": "postgresql://ours/db",
         "SESSION_TIMEOUT_MINUTES": "5", "TRIO_SESSIONS_SESSION_TIMEOUT": "42",
     })
-    assert (config.database_url, config.session_timeout) == ("postgresql://ours/db", 42.0)
+    assert (config.database_url, config.session_timeout) == (SecretUrl("postgresql://ours/db"), 42.0)
 
 
 def test_from_file_errors_name_the_key_and_stray_top_level_keys(tmp_path: Path) -> None:

@@ -20,6 +20,8 @@ PUBLIC = {
     "SessionMoved", "Acquired", "Busy", "ChatSessionExists", "Joined",
     # The durable event feed: a page of it, its events, and what follow_events() returns.
     "EventPage", "FeedEvent", "FollowedEvents",
+    # What RuntimeConfig.database_url holds: a URL that shows itself only redacted.
+    "SecretUrl",
 }
 
 STORE_METHODS = {"connect", "load", "load_messages", "load_sessions", "live_deadlines", "write", "list",
@@ -41,6 +43,7 @@ MEMBERS = {
         "read_events", "follow_events"},
     "Subscription": {"receive", "dropped"},
     "FollowedEvents": {"cursor"},
+    "SecretUrl": {"of", "reveal"},
     "Store": STORE_METHODS,
     "MemoryStore": STORE_METHODS,
     "PostgresStore": STORE_METHODS,

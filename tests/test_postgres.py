@@ -6,6 +6,7 @@ what only `PostgresStore` and its helpers have.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -19,7 +20,7 @@ import pytest
 import trio
 
 from trio_sessions._config import RuntimeConfig
-from trio_sessions._embedded import open_embedded_postgres
+from trio_sessions._embedded import HANDLE_PIDS, USER_STARTS, open_embedded_postgres
 from trio_sessions._errors import InvalidArgument, StoreUnavailable, WriteRejected
 from trio_sessions._migrations import load_migrations, migrations_dir
 from trio_sessions._model import Message, Session, check_metadata
@@ -278,7 +279,7 @@ async def test_embedded_server_starts_shares_and_persists(tmp_path: Path) -> Non
 #: A process that starts the embedded server of the folder argv[1], says so, and waits to be killed.
 EMBEDDED_OWNER = """
 import sys, trio
-from trio_sessions._embedded import open_embedded_postgres
+from trio_sessions._embedded import HANDLE_PIDS, USER_STARTS, open_embedded_postgres
 
 async def main():
     async with open_embedded_postgres(sys.argv[1]):
@@ -329,6 +330,53 @@ async def test_a_server_orphaned_by_a_killed_owner_is_stopped_by_the_next_run(tm
     finally:
         if postmaster_running(data_dir) == orphan:  # the test failed: leave no server behind
             os.kill(orphan, signal.SIGTERM)
+
+
+def start_time(pid: int) -> int:
+    """When process `pid` started, in clock ticks since boot: field 22 of /proc/<pid>/stat."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19])
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="process start times are read from /proc")
+async def test_an_orphan_whose_owner_pid_was_reused_is_stopped_by_the_next_run(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    owner = await trio.lowlevel.open_process([sys.executable, "-c", EMBEDDED_OWNER, str(data_dir)],
+                                             stdout=subprocess.PIPE)
+    assert owner.stdout is not None
+    try:
+        said = b""
+        while b"\n" not in said:
+            chunk = await owner.stdout.receive_some()
+            assert chunk, "the owner exited before starting the server"
+            said += chunk
+        assert said == b"started\n"
+        owner_started = start_time(owner.pid)
+    finally:
+        owner.kill()
+        await owner.wait()
+        await owner.stdout.aclose()
+    orphan = postmaster_running(data_dir)
+    assert orphan is not None
+    # The owner recorded its start when it joined (the first run on the folder: after initdb).
+    assert json.loads((data_dir / USER_STARTS).read_text()) == {str(owner.pid): owner_started}
+    # The owner's pid given to another process: a live one, which started after the owner.
+    other = await trio.lowlevel.open_process(["sleep", "600"])
+    try:
+        assert start_time(other.pid) != owner_started
+        (data_dir / HANDLE_PIDS).write_text(json.dumps([other.pid]))
+        (data_dir / USER_STARTS).write_text(json.dumps({str(other.pid): owner_started}))
+        try:
+            async with open_embedded_postgres(data_dir) as url:  # reuses the orphan
+                assert postmaster_running(data_dir) == orphan
+                async with PostgresStore(url, RuntimeConfig(pool_min=1)).connect():
+                    pass
+            assert postmaster_running(data_dir) is None
+        finally:
+            if postmaster_running(data_dir) == orphan:  # the test failed: leave no server behind
+                os.kill(orphan, signal.SIGTERM)
+    finally:
+        other.kill()
+        await other.wait()
 
 
 async def test_the_lease_connection_takes_overlapping_calls_one_at_a_time(postgres_url: str) -> None:

@@ -10,14 +10,17 @@ from __future__ import annotations
 import dataclasses
 import traceback
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 from uuid import uuid4
 
 import pytest
 import trio
+from loguru import logger
 
 from trio_sessions import ConfigurationError, RuntimeConfig, StoreUnavailable, open_runtime
+from trio_sessions._config import configured_url
 from trio_sessions._migrations import load_migrations
 from trio_sessions._postgres import PostgresStore, apply_migrations_to
 from trio_sessions._postgres._bridge import execute_once, fetchval_once
@@ -308,3 +311,85 @@ async def test_a_user_that_may_not_write_gets_a_configuration_error_naming_it(
     message = str(caught.value)
     assert "permission denied for table sessions" in message and "grant the privilege" in message
     assert f"user {role!r}" in message and "\n" not in message
+
+
+# ------------------------------------------------------------ tracebacks that print local values
+
+
+@contextmanager
+def diagnosing_sink() -> Iterator[list[str]]:
+    """loguru enabled for trio_sessions, into a sink that prints the values of every frame's locals
+    (`diagnose=True`) and the frames above the catching one (`backtrace=True`)."""
+    written: list[str] = []
+    logger.enable("trio_sessions")
+    sink = logger.add(written.append, level="DEBUG", diagnose=True, backtrace=True, colorize=False)
+    try:
+        yield written
+    finally:
+        logger.remove(sink)
+        logger.disable("trio_sessions")
+
+
+def chain(error: BaseException) -> Iterator[BaseException]:
+    """`error`, every exception chained to it (cause and context) and every member of a group."""
+    seen: set[int] = set()
+    pending = [error]
+    while pending:
+        exc = pending.pop()
+        if id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        yield exc
+        pending.extend(e for e in (exc.__cause__, exc.__context__) if e is not None)
+        if isinstance(exc, BaseExceptionGroup):
+            pending.extend(exc.exceptions)
+
+
+async def logged_start_failure(config: RuntimeConfig) -> tuple[BaseException, str]:
+    """Start a runtime that cannot connect, log its error with `logger.exception`; the error and the log."""
+    with diagnosing_sink() as written:
+        try:
+            async with open_runtime(config):
+                pass  # pragma: no cover
+        except (ConfigurationError, StoreUnavailable) as exc:
+            logger.exception("the runtime did not start")
+            error = exc
+        else:  # pragma: no cover
+            raise AssertionError("the runtime started")
+        url = configured_url(config)
+        assert url is not None
+        with pytest.raises((ConfigurationError, StoreUnavailable)):
+            try:
+                await apply_migrations_to(url, config)  # `trio-sessions migrate`'s path
+            except (ConfigurationError, StoreUnavailable):
+                logger.exception("the migration did not start")
+                raise
+    return error, "".join(written)
+
+
+def assert_hidden(secret: str, error: BaseException, log: str) -> None:
+    assert "Traceback" in log and "the runtime did not start" in log and "the migration did not" in log
+    assert secret not in log
+    assert secret not in full_text(error)
+    for exc in chain(error):
+        assert secret not in str(exc) and secret not in repr(exc) and secret not in repr(exc.args)
+
+
+async def test_a_wrong_password_never_shows_in_a_diagnosing_log(
+        password_role: str, postgres_url: str, password_auth: str) -> None:
+    database = urlsplit(postgres_url).path.lstrip("/")
+    config = dataclasses.replace(
+        FAST, database_url=f"postgresql://{password_role}:x{PASSWORD}@/{database}?host={password_auth}")
+    error, log = await logged_start_failure(config)
+    assert isinstance(error, ConfigurationError) and "refused the password" in log
+    assert_hidden(PASSWORD, error, log)
+
+
+async def test_a_refused_connection_never_shows_the_password_in_a_diagnosing_log() -> None:
+    with trio.socket.socket() as closed:
+        await closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        config = dataclasses.replace(FAST, database_url=f"postgresql://app:{PASSWORD}@127.0.0.1:{port}/app")
+        error, log = await logged_start_failure(config)
+    assert isinstance(error, StoreUnavailable) and "cannot connect to PostgreSQL" in log
+    assert_hidden(PASSWORD, error, log)

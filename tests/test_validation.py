@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import uuid
 from collections.abc import Awaitable, Callable
@@ -9,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from trio_sessions import InvalidArgument, RuntimeConfig, SessionRuntime, Store, open_runtime
+from trio_sessions import InvalidArgument, MemoryStore, RuntimeConfig, SessionRuntime, Store, open_runtime
 
 StoreFactory = Callable[[], Store]
 Call = Callable[[SessionRuntime, uuid.UUID], Awaitable[Any]]
@@ -128,3 +129,15 @@ async def test_bad_input_is_rejected_before_anything_changes(
         page = await rt.list(active=None)
         assert page.items == (session,)
         assert await rt.context(session.id) == ()
+
+
+async def test_deadline_of_anything_but_a_dated_snapshot_is_invalid_argument() -> None:
+    # It once raised AttributeError for a non-Session, and read a naive expires_at as local time.
+    async with open_runtime(store=MemoryStore()) as rt:
+        session = await rt.create("u", "max")
+        naive = dataclasses.replace(session, expires_at=session.expires_at.replace(tzinfo=None))
+        for odd in (None, "session", str(session.id), naive, dataclasses.replace(session, expires_at="soon")):
+            with pytest.raises(InvalidArgument) as info:
+                rt.deadline(odd)  # type: ignore[arg-type]
+            assert info.value.field == "session"
+        assert rt.deadline(session) == rt.deadline(dataclasses.replace(session, title="t"))

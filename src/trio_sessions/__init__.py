@@ -30,6 +30,7 @@ from ._model import SessionEvent as SessionEvent
 from ._postgres import PostgresStore as PostgresStore
 from ._runtime import SessionRuntime as SessionRuntime
 from ._runtime import open_runtime as open_runtime
+from ._secrets import SecretUrl as SecretUrl
 from ._store import Acquired as Acquired
 from ._store import Busy as Busy
 from ._store import Joined as Joined
@@ -47,7 +48,7 @@ __all__ = [
     "ListQuery",
     "MemoryStore",
     "Message", "MetricsSnapshot", "Note", "OperationStats", "Overloaded", "Page", "PostgresStore",
-    "RuntimeClosed", "RuntimeConfig",
+    "RuntimeClosed", "RuntimeConfig", "SecretUrl",
     "Session", "SessionError", "SessionEvent", "SessionInactive", "SessionMoved", "SessionNotFound",
     "SessionRuntime", "Store", "StoreUnavailable", "Subscription", "VersionConflict", "WriteBatch",
     "WriteRejected", "open_runtime",

@@ -25,12 +25,13 @@ from typing import Final
 import trio
 from loguru import logger
 
-from ._config import RuntimeConfig
+from ._config import RuntimeConfig, configured_url
 from ._demo import DemoOptions, demo
 from ._demo_ledger import OK
 from ._errors import ConfigurationError, InvalidArgument, SessionError, StoreUnavailable
 from ._postgres import apply_migrations_to
 from ._postgres._target import Target
+from ._secrets import SecretUrl
 
 #: Exit codes besides the demo's own (`OK`, `CHECK_FAILED`): a usage or configuration error.
 USAGE: Final = 2
@@ -43,7 +44,7 @@ FAILED: Final = 1
 # ------------------------------------------------------------------ migrate
 
 
-async def run_migrate(url: str) -> int:
+async def run_migrate(url: SecretUrl) -> int:
     """Apply pending migrations to the database at `url`; print which database and what was applied."""
     applied = await apply_migrations_to(url, RuntimeConfig.from_env())
     where = Target.of(url)  # no password
@@ -56,7 +57,7 @@ async def run_migrate(url: str) -> int:
 
 def migrate(environ: dict[str, str] | None = None) -> int:
     """`trio-sessions migrate`: exit code 2 when `DATABASE_URL` is not set."""
-    url = RuntimeConfig.from_env(environ).database_url
+    url = configured_url(RuntimeConfig.from_env(environ))
     if url is None:
         print("trio-sessions migrate: DATABASE_URL is not set; set it to the database to migrate, "
               "e.g. DATABASE_URL=postgresql://user@localhost/app trio-sessions migrate",

@@ -12,9 +12,11 @@ from urllib.parse import urlsplit
 
 from ._errors import InvalidArgument
 from ._model import check_bool, check_int, check_optional_text, check_seconds
-from ._secrets import redact_url
+from ._secrets import SecretUrl, redact_url
 
 ENV_PREFIX: Final = "TRIO_SESSIONS_"
+#: The longest database URL accepted.
+MAX_URL_CHARS: Final = 4096
 _SCHEMES: Final = ("postgresql", "postgres")
 _INT_RANGES: Final = (
     ("max_messages", 1, 100_000),
@@ -41,7 +43,9 @@ class RuntimeConfig:
     """
 
     #: PostgreSQL URL; None means `DATABASE_URL` if set, else an embedded server.
-    database_url: str | None = None
+    #: Given as a `str` (or a `SecretUrl`), kept as a `SecretUrl`, which shows
+    #: itself redacted: `config.database_url.reveal()` is the URL.
+    database_url: str | SecretUrl | None = None
     #: Data folder of the embedded server (None: the user's data folder).
     data_dir: str | None = None
     #: Sliding expiration of a session without activity.
@@ -117,10 +121,13 @@ class RuntimeConfig:
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # store the plain values that were checked
-        url = check_optional_text("database_url", self.database_url, max_chars=4096)
-        if url is not None:
+        if self.database_url is not None:
+            # Held as a SecretUrl from here on: a frame that prints its locals shows it redacted.
+            url = secret_url(self.database_url)
+            if isinstance(url, str):
+                raise InvalidArgument("database_url", url)
             _check_url(url)
-        set_(self, "database_url", url)
+            set_(self, "database_url", url)
         set_(self, "data_dir", check_optional_text("data_dir", self.data_dir, max_chars=4096))
         set_(self, "auto_migrate", check_bool("auto_migrate", self.auto_migrate))
         set_(self, "event_feed", check_bool("event_feed", self.event_feed))
@@ -145,10 +152,8 @@ class RuntimeConfig:
                                   f"({self.lease_duration}s), so that a late renewal does not lose the lease")
 
     def __repr__(self) -> str:
-        shown = ", ".join(
-            f"{field.name}={redact_url(self.database_url)!r}" if field.name == "database_url"
-            and self.database_url is not None else f"{field.name}={getattr(self, field.name)!r}"
-            for field in fields(self))
+        shown = ", ".join(f"{field.name}={_shown(getattr(self, field.name), field.name)!r}"
+                          for field in fields(self))
         return f"RuntimeConfig({shown})"
 
     __str__ = __repr__
@@ -173,15 +178,18 @@ class RuntimeConfig:
         """
         env = os.environ if environ is None else environ
         known = {ENV_PREFIX + field.name.upper(): field.name for field in fields(cls)}
-        for key in env:
-            if key.startswith(ENV_PREFIX) and key not in known:
-                raise InvalidArgument(key, f"is not a setting; known: {', '.join(sorted(known))}")
+        unknown = sorted(key for key in env if key.startswith(ENV_PREFIX) and key not in known)
+        if unknown:
+            raise InvalidArgument(unknown[0], f"is not a setting; known: {', '.join(sorted(known))}")
+        # Only the variables read, a URL as a SecretUrl at once: no line below that may raise
+        # names the environment or a URL in plain text (loguru's diagnose prints each name).
+        read = {key: _hide_url(key, env[key]) for key in (*known, *_ALSO_READ) if key in env}
         values: dict[str, Any] = {}
         origin: dict[str, str] = {}
-        if env.get("DATABASE_URL"):
-            values["database_url"], origin["database_url"] = env["DATABASE_URL"], "DATABASE_URL"
-        if "SESSION_TIMEOUT_MINUTES" in env:
-            text = env["SESSION_TIMEOUT_MINUTES"]
+        if read.get("DATABASE_URL"):
+            values["database_url"], origin["database_url"] = read["DATABASE_URL"], "DATABASE_URL"
+        if "SESSION_TIMEOUT_MINUTES" in read:
+            text = read["SESSION_TIMEOUT_MINUTES"]
             minutes = _parse("SESSION_TIMEOUT_MINUTES", text, float)
             try:
                 values["session_timeout"] = check_seconds("session_timeout", minutes * 60.0)
@@ -189,8 +197,8 @@ class RuntimeConfig:
                 problem = f"must be a finite number of minutes above 0, got {text!r:.80}"
                 raise InvalidArgument("SESSION_TIMEOUT_MINUTES", problem) from None
         for key, name in known.items():
-            if key in env:
-                values[name], origin[name] = _parse(key, env[key], _field_type(name)), key
+            if key in read:
+                values[name], origin[name] = _parse(key, read[key], _field_type(name)), key
         return _made(cls, values, origin)
 
     @classmethod
@@ -215,6 +223,8 @@ class RuntimeConfig:
         table = document.get("trio_sessions", document)
         if not isinstance(table, dict):
             raise InvalidArgument("trio_sessions", "must be a TOML table")
+        if type(table.get("database_url")) is str:  # hidden at once, as in from_env
+            table["database_url"] = SecretUrl(table["database_url"])
         if table is not document:
             for key, value in document.items():
                 if key != "trio_sessions" and not isinstance(value, dict):
@@ -231,7 +241,46 @@ class RuntimeConfig:
         return Path(base) / "trio-sessions" / "postgres"
 
 
-_FIELD_TYPES: Final = {"str | None": str, "float": float, "float | None": float, "int": int, "bool": bool}
+def _shown(value: object, name: str) -> object:
+    """A field's value for `repr`: the URL redacted, a `str` too (while `__post_init__` has not yet run)."""
+    if name == "database_url" and isinstance(value, str):
+        return redact_url(str.__str__(value))
+    return str(value) if isinstance(value, SecretUrl) else value
+
+
+def secret_url(url: object) -> SecretUrl | str:
+    """`url` as a `SecretUrl`, after the checks `check_text` makes; else what is wrong with it.
+
+    Never raises: a traceback shows each frame with the value of every name
+    on its line (loguru's `diagnose`), and a frame here holds the plain
+    text. The caller raises `InvalidArgument` on a line naming only the problem.
+    """
+    if isinstance(url, SecretUrl):
+        text = url.reveal()
+    elif issubclass(type(url), str):
+        text = str.__str__(url)  # an exact copy of a subclass's characters
+    else:
+        return f"must be a string, not {type(url).__name__}"
+    if not text or text.isspace():
+        return "must not be empty"
+    if len(text) > MAX_URL_CHARS:
+        return f"must be at most {MAX_URL_CHARS} characters, got {len(text)}"
+    if "\x00" in text:
+        return "must not contain the NUL character"
+    if any("\ud800" <= char <= "\udfff" for char in text):
+        return "must be valid Unicode (it contains a lone surrogate)"
+    return url if isinstance(url, SecretUrl) else SecretUrl(text)
+
+
+def configured_url(config: RuntimeConfig) -> SecretUrl | None:
+    """`config.database_url`, typed as what it is once the config is made (never a `str`)."""
+    url = config.database_url
+    assert not isinstance(url, str)  # __post_init__ made it a SecretUrl
+    return url
+
+
+_FIELD_TYPES: Final = {"str | None": str, "str | SecretUrl | None": str,
+                        "float": float, "float | None": float, "int": int, "bool": bool}
 _OPTIONAL: Final = frozenset({"database_url", "data_dir", "call_timeout"})
 
 
@@ -246,9 +295,9 @@ def _made(cls: type[RuntimeConfig], values: dict[str, Any], origin: Mapping[str,
         raise InvalidArgument(source, exc.problem) from None
 
 
-def _check_url(url: str) -> None:
+def _check_url(secret: SecretUrl) -> None:
     """A PostgreSQL URL the driver can parse; the message never shows the password."""
-    shown = redact_url(url)
+    shown, url = str(secret), secret.reveal()
     scheme, separator, rest = url.partition("://")
     if not separator or scheme.lower() not in _SCHEMES:
         raise InvalidArgument("database_url", f"must start with postgresql:// (got {shown!r})")
@@ -276,7 +325,21 @@ def _check_names(values: Mapping[str, Any], where: str) -> None:
             raise InvalidArgument(name, f"unknown setting in {where}; known: {', '.join(sorted(known))}")
 
 
-def _parse(key: str, text: str, kind: type) -> Any:
+#: The variables `from_env` reads beside `TRIO_SESSIONS_<FIELD>`, and those that hold a URL.
+_ALSO_READ: Final = ("DATABASE_URL", "SESSION_TIMEOUT_MINUTES")
+_URL_VARIABLES: Final = frozenset({"DATABASE_URL", ENV_PREFIX + "DATABASE_URL"})
+
+
+def _hide_url(key: str, text: str) -> str | SecretUrl:
+    """`text` as a `SecretUrl` when `key` holds a URL (and `text` does not mean "unset"), else `text`."""
+    if key in _URL_VARIABLES and type(text) is str and text.strip().lower() not in {"", "none"}:
+        return SecretUrl(text)
+    return text
+
+
+def _parse(key: str, text: str | SecretUrl, kind: type) -> Any:
+    if isinstance(text, SecretUrl):
+        return text
     if key.removeprefix(ENV_PREFIX).lower() in _OPTIONAL and text.strip().lower() in {"", "none"}:
         return None
     if kind is str:

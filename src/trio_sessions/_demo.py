@@ -24,7 +24,7 @@ from uuid import UUID
 
 import trio
 
-from ._config import RuntimeConfig
+from ._config import RuntimeConfig, configured_url
 from ._demo_ledger import (
     Ledger,
     answer,
@@ -39,6 +39,7 @@ from ._errors import SessionInactive, VersionConflict
 from ._metrics import MetricsSnapshot
 from ._model import Message, Session, SessionEvent
 from ._runtime import SessionRuntime, open_runtime
+from ._secrets import SecretUrl
 from ._subscriptions import Subscription
 
 AGENTS: Final = ("financeiro", "max", "geral")
@@ -500,7 +501,7 @@ def record_event(event: SessionEvent, ledger: Ledger, tally: Tally) -> None:
 # --------------------------------------------------------------------- demo
 
 
-def demo_config(options: DemoOptions, url: str) -> RuntimeConfig:
+def demo_config(options: DemoOptions, url: SecretUrl) -> RuntimeConfig:
     """`RuntimeConfig.from_env()` on `url`, sized as a real deployment would be.
 
     One actor per user (each has at most one conversation at a time), so the
@@ -516,7 +517,7 @@ def demo_config(options: DemoOptions, url: str) -> RuntimeConfig:
     )
 
 
-async def run_demo(options: DemoOptions, url: str) -> int:
+async def run_demo(options: DemoOptions, url: SecretUrl) -> int:
     """Run the simulation on the database at `url`, print a summary, check the database.
 
     Returns:
@@ -584,10 +585,10 @@ async def demo(options: DemoOptions) -> int:
 
     run = run_demo if options.processes == 1 else run_processes
     config = RuntimeConfig.from_env()
-    if config.database_url is not None:
-        return await run(options, config.database_url)
+    if (url := configured_url(config)) is not None:
+        return await run(options, url)
     # Opened here rather than by the runtime, because the check needs the URL
     # after the runtime has closed (and one server start serves both, and
     # every worker process of `--processes`).
-    async with open_embedded_postgres(config.resolved_data_dir()) as url:
-        return await run(options, url)
+    async with open_embedded_postgres(config.resolved_data_dir()) as embedded:
+        return await run(options, SecretUrl(embedded))

@@ -31,6 +31,7 @@ import trio
 from ._config import RuntimeConfig
 from ._model import Message, Session
 from ._postgres import PostgresStore
+from ._secrets import SecretUrl
 
 if TYPE_CHECKING:
     from ._runtime import SessionRuntime
@@ -286,7 +287,7 @@ def _tag(message: Message, role: str, pattern: re.Pattern[str]) -> int | None:
     return int(match[1]) if message.role == role and match is not None else None
 
 
-async def check_store(url: str, config: RuntimeConfig, ledger: Ledger) -> list[str]:
+async def check_store(url: SecretUrl, config: RuntimeConfig, ledger: Ledger) -> list[str]:
     """Compare every session of this run in PostgreSQL with the newest snapshot the demo saw.
 
     Uses a fresh `PostgresStore`, so it reads what was committed, not any

@@ -14,11 +14,12 @@ as the demo in one process does.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 from uuid import uuid4
 
 import trio
@@ -27,10 +28,14 @@ from loguru import logger
 from ._demo import DemoOptions, Simulation, Tally, demo_config, total_operations, watch_events
 from ._demo_ledger import Ledger, chat_overlaps, check_active_chats, check_store, report_check
 from ._runtime import open_runtime
+from ._secrets import SecretUrl
 from ._subscriptions import Subscription
 
+#: The environment variable through which a worker gets the database URL.
+URL_ENV: Final = "TRIO_SESSIONS_DEMO_WORKER_URL"
 
-async def run_processes(options: DemoOptions, url: str) -> int:
+
+async def run_processes(options: DemoOptions, url: SecretUrl) -> int:
     """Run `options.processes` workers on the database at `url`, then check it against all they were told.
 
     Returns:
@@ -73,16 +78,17 @@ async def run_processes(options: DemoOptions, url: str) -> int:
     return report_check(problems, ledger)
 
 
-async def _run_worker(options: DemoOptions, url: str, index: int, run: str, out: Path,
+async def _run_worker(options: DemoOptions, url: SecretUrl, index: int, run: str, out: Path,
                       codes: list[int]) -> None:
-    # The worker prints its progress lines straight to this process's stdout.
-    command = [sys.executable, "-m", "trio_sessions._demo_processes", url, str(index), run, str(out),
+    # The worker prints its progress lines straight to this process's stdout. The URL goes in
+    # its environment, not on its command line, which any user of the machine can read (`ps`).
+    command = [sys.executable, "-m", "trio_sessions._demo_processes", str(index), run, str(out),
                str(options.duration), str(options.users), str(options.timeout), str(options.seed)]
-    process = await trio.run_process(command, check=False)
+    process = await trio.run_process(command, check=False, env={**os.environ, URL_ENV: url.reveal()})
     codes[index] = process.returncode
 
 
-async def worker(options: DemoOptions, url: str, index: int, run: str, out: Path) -> None:
+async def worker(options: DemoOptions, url: SecretUrl, index: int, run: str, out: Path) -> None:
     """One worker: the simulation on a runtime of its own; its ledger and figures written to `out`."""
     config = demo_config(options, url)
     ledger, tally = Ledger(run=run, shared=True), Tally()
@@ -104,8 +110,12 @@ async def worker(options: DemoOptions, url: str, index: int, run: str, out: Path
 
 
 def main(argv: Sequence[str]) -> None:
-    """`python -m trio_sessions._demo_processes URL INDEX RUN OUT DURATION USERS TIMEOUT SEED`."""
-    url, index, run, out, duration, users, timeout, seed = argv
+    """`python -m trio_sessions._demo_processes INDEX RUN OUT DURATION USERS TIMEOUT SEED`.
+
+    The database URL comes in the environment variable `URL_ENV`.
+    """
+    index, run, out, duration, users, timeout, seed = argv
+    url = SecretUrl(os.environ.pop(URL_ENV))
     # As the command itself does (`_cli`): the library's warnings and errors to stderr.
     logger.remove()
     logger.add(sys.stderr, level="WARNING")

@@ -14,6 +14,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any, Concatenate, Final, ParamSpec, TypeVar
 from uuid import UUID
 
@@ -22,13 +23,14 @@ from loguru import logger
 
 from . import _model as model
 from ._commands import TOUCH, AddNote, AppendMessage, Context, Delete, End, Read, Update
-from ._config import RuntimeConfig
+from ._config import RuntimeConfig, configured_url
 from ._cursor import decode_cursor, encode_cursor
 from ._errors import InvalidArgument, SessionNotFound, StoreUnavailable
 from ._feed import FollowedEvents
 from ._health import Health
 from ._metrics import MetricsSnapshot
 from ._model import EventPage, Message, Page, Session
+from ._secrets import SecretUrl
 from ._store import ListQuery, Store
 from ._subscriptions import Subscription
 from ._supervisor import Supervisor
@@ -93,8 +95,18 @@ class SessionRuntime:
 
         For `trio.sleep_until` or `trio.move_on_at`; exact, also under `MockClock`.
         Never blocks.
+
+        Raises:
+            InvalidArgument: `session` is not a `Session`, or its `expires_at`
+                is not a timezone-aware datetime (a naive one would be read
+                as local time).
         """
-        return self._sup.clock.to_trio(session.expires_at)
+        if not isinstance(session, Session):
+            raise InvalidArgument("session", f"must be a Session, not {type(session).__name__}")
+        expires = session.expires_at
+        if not isinstance(expires, datetime) or datetime.utcoffset(expires) is None:
+            raise InvalidArgument("session", "its expires_at must be a timezone-aware datetime")
+        return self._sup.clock.to_trio(expires)
 
     def _opening(self, user_id: object, agent: object, chat_id: object, title: object, state: object,
                  metadata: object, timeout: object, *, chat: Callable[..., str | None],
@@ -654,7 +666,9 @@ async def _open_store(config: RuntimeConfig, store: Store | None) -> AsyncIterat
         from ._postgres import PostgresStore
 
         migrate = config.auto_migrate
-        url = config.database_url or os.environ.get("DATABASE_URL")
+        url = configured_url(config)
+        if url is None and os.environ.get("DATABASE_URL"):
+            url = SecretUrl(os.environ["DATABASE_URL"])
         if url is None:
             from ._embedded import open_embedded_postgres
 

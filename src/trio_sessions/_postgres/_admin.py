@@ -12,7 +12,7 @@ from typing import Final
 from .._config import RuntimeConfig
 from .._errors import InvalidArgument
 from .._migrations import load_migrations
-from .._secrets import redact_url
+from .._secrets import SecretUrl
 from . import _sql as sql
 
 _DATABASE_NAME: Final = re.compile(r"[a-z_][a-z0-9_]{0,62}")
@@ -25,23 +25,24 @@ def _quote_database_name(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def database_url(url: str, name: str) -> str:
+def database_url(url: str | SecretUrl, name: str) -> str:
     """`url` with its database replaced by `name`, keeping user, host and query.
 
     Handles the embedded server's form, `postgresql://postgres:@/postgres?host=/dir`,
     and drops a `database` or `dbname` query parameter, which would override the path.
+    A helper for tests and operators: the URL it returns is a `str`, password included.
     """
-    base, _, query = url.partition("?")
+    base, _, query = SecretUrl.of(url).reveal().partition("?")
     scheme, separator, rest = base.partition("://")
     if not separator:
         raise InvalidArgument(
-            "url", f"must look like postgresql://user@host/database, got {redact_url(url)!r}")
+            "url", f"must look like postgresql://user@host/database, got {str(SecretUrl.of(url))!r}")
     netloc = rest.split("/", 1)[0]
     kept = [item for item in query.split("&") if item and item.split("=", 1)[0] not in {"database", "dbname"}]
     return f"{scheme}://{netloc}/{name}" + (f"?{'&'.join(kept)}" if kept else "")
 
 
-async def create_database(admin_url: str, name: str) -> str:
+async def create_database(admin_url: str | SecretUrl, name: str) -> str:
     """Create the database `name` on the server of `admin_url`; return its URL.
 
     Runs in its own trio-asyncio loop. The name is the only SQL text built
@@ -60,7 +61,7 @@ async def create_database(admin_url: str, name: str) -> str:
     return database_url(admin_url, name)
 
 
-async def drop_database(admin_url: str, name: str) -> None:
+async def drop_database(admin_url: str | SecretUrl, name: str) -> None:
     """Drop the database `name` if it exists, disconnecting its sessions first.
 
     Raises:
@@ -73,7 +74,7 @@ async def drop_database(admin_url: str, name: str) -> None:
     await execute_once(admin_url, statement)
 
 
-async def apply_migrations_to(url: str, config: RuntimeConfig | None = None) -> list[str]:
+async def apply_migrations_to(url: str | SecretUrl, config: RuntimeConfig | None = None) -> list[str]:
     """Apply pending migrations to the database at `url` (`trio-sessions migrate`).
 
     Safe to run while runtimes start on the same database: all runners take
@@ -97,7 +98,7 @@ async def apply_migrations_to(url: str, config: RuntimeConfig | None = None) -> 
     return await migrate(url, migrations, connect_timeout)
 
 
-async def terminate_connections(admin_url: str, name: str) -> int:
+async def terminate_connections(admin_url: str | SecretUrl, name: str) -> int:
     """Terminate every connection to the database `name` but this one; return how many.
 
     For tests and operators: it simulates (or forces) the connection loss a

@@ -18,11 +18,11 @@ from uuid import UUID
 
 import trio
 
-from .._config import RuntimeConfig
-from .._errors import SessionMoved, StoreUnavailable, WriteRejected
+from .._config import RuntimeConfig, secret_url
+from .._errors import InvalidArgument, SessionMoved, StoreUnavailable, WriteRejected
 from .._migrations import load_migrations
-from .._model import FeedEvent, Message, Session, SessionEvent, check_text
-from .._secrets import redact_url
+from .._model import FeedEvent, Message, Session, SessionEvent
+from .._secrets import SecretUrl
 from .._store import Acquired, Busy, ChatTaken, Joined, ListQuery, WriteBatch, dated_after
 from . import _rows as rows
 from . import _sql as sql
@@ -51,7 +51,9 @@ class PostgresStore:
 
     Args:
         url: an asyncpg connection URL, e.g. `postgresql://user@host/db` or
-            `postgresql://postgres:@/postgres?host=/path/to/socket/dir`.
+            `postgresql://postgres:@/postgres?host=/path/to/socket/dir`, or a
+            `SecretUrl` (such as `RuntimeConfig.database_url`); kept as a
+            `SecretUrl`, shown only redacted.
         config: the pool settings (`pool_min`, `pool_max`, `connect_timeout`,
             `command_timeout`, `max_inactive_connection_lifetime`); defaults
             when None.
@@ -61,8 +63,12 @@ class PostgresStore:
             them with `trio-sessions migrate`).
     """
 
-    def __init__(self, url: str, config: RuntimeConfig | None = None, *, migrate: bool = True) -> None:
-        self._url = check_text("url", url, max_chars=4096)
+    def __init__(self, url: str | SecretUrl, config: RuntimeConfig | None = None, *, migrate: bool = True
+                 ) -> None:
+        secret = secret_url(url)
+        if isinstance(secret, str):
+            raise InvalidArgument("url", secret)
+        self._url = secret
         self._config = RuntimeConfig() if config is None else config
         self._migrate = bool(migrate)
         self._in_use = False
@@ -71,7 +77,7 @@ class PostgresStore:
         self._notices: dict[UUID, trio.Event] = {}
 
     def __repr__(self) -> str:
-        return f"<PostgresStore {redact_url(self._url)} {'connected' if self._db else 'closed'}>"
+        return f"<PostgresStore {self._url} {'connected' if self._db else 'closed'}>"
 
     @asynccontextmanager
     async def connect(self) -> AsyncIterator[None]:

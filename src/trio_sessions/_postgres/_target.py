@@ -17,6 +17,7 @@ from typing import Final
 from urllib.parse import parse_qsl, unquote
 
 from .._errors import ConfigurationError, StoreUnavailable
+from .._secrets import SecretUrl
 
 #: The schemes asyncpg accepts.
 SCHEMES: Final = ("postgresql", "postgres")
@@ -36,11 +37,15 @@ class Target:
     user: str
 
     @classmethod
-    def of(cls, url: str) -> Target:
-        """The target of `url`, however malformed (unknown parts take the driver's defaults)."""
-        scheme, separator, rest = url.partition("://")
+    def of(cls, url: SecretUrl) -> Target:
+        """The target of `url`, however malformed (unknown parts take the driver's defaults).
+
+        Read from the redacted URL: the password is the one part not needed.
+        """
+        text = str(url)
+        scheme, separator, rest = text.partition("://")
         if not separator:
-            scheme, rest = "", url
+            scheme, rest = "", text
         # The host starts after the last "@": a password may hold any
         # character, "/" and "@" included, when its writer forgot to encode it.
         userinfo, at, hostpart = rest.rpartition("@")
@@ -77,7 +82,7 @@ def _os_user() -> str:
         return "?"
 
 
-def malformed_url(url: str) -> ConfigurationError:
+def malformed_url(url: SecretUrl) -> ConfigurationError:
     """The driver cannot parse `url` (its message may quote part of the password: not used)."""
     target = Target.of(url)
     if not target.scheme:
@@ -94,7 +99,8 @@ def malformed_url(url: str) -> ConfigurationError:
         f"{' '.join(RESERVED)} in the user or password percent-encoded (for example / as %2F)")
 
 
-def rejected(url: str, sqlstate: str, server_message: str, *, migrating: bool) -> ConfigurationError | None:
+def rejected(url: SecretUrl, sqlstate: str, server_message: str, *, migrating: bool
+             ) -> ConfigurationError | None:
     """The error for a refusal the configuration causes, or None when `sqlstate` is no such refusal.
 
     `server_message` is PostgreSQL's own text, its first line (it never holds the password).
@@ -123,7 +129,7 @@ def rejected(url: str, sqlstate: str, server_message: str, *, migrating: bool) -
     return None
 
 
-def unreachable(url: str, problem: str, connect_timeout: float, *, timed_out: bool) -> StoreUnavailable:
+def unreachable(url: SecretUrl, problem: str, connect_timeout: float, *, timed_out: bool) -> StoreUnavailable:
     """The error for a server that cannot be reached or did not answer in time."""
     target = Target.of(url)
     if timed_out:
@@ -135,8 +141,7 @@ def unreachable(url: str, problem: str, connect_timeout: float, *, timed_out: bo
         "that host and port in database_url are right")
 
 
-
-def schema_behind(url: str, missing: list[str]) -> ConfigurationError:
+def schema_behind(url: SecretUrl, missing: list[str]) -> ConfigurationError:
     """The error for a database whose schema lacks migrations, when the runtime may not apply them."""
     target = Target.of(url)
     return ConfigurationError(

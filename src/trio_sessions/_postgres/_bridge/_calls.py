@@ -29,6 +29,7 @@ import trio_asyncio  # type: ignore[import-untyped]  # trio-asyncio ships no typ
 from ..._config import RuntimeConfig
 from ..._errors import StoreUnavailable
 from ..._migrations import MIGRATION_LOCK_KEY
+from ..._secrets import SecretUrl
 from .. import _sql as sql
 from .. import _target as target
 from ._errors import StartFailed, describe, is_transient, only_wraps, reraise, start_errors, store_errors
@@ -66,10 +67,10 @@ class Database:
 
     __slots__ = ("_loop", "_pool", "_url", "control")
 
-    def __init__(self, loop: Any, pool: Pool, url: str, config: RuntimeConfig) -> None:
+    def __init__(self, loop: Any, pool: Pool, url: SecretUrl, config: RuntimeConfig) -> None:
         self._loop = loop  # the trio-asyncio loop (untyped)
         self._pool = pool
-        self._url = url  # for error messages, which never show its password
+        self._url = url  # for error messages, which show it redacted
         self.control = Control(loop, url, config)
 
     async def fetch(self, statement: str, *args: object) -> list[asyncpg.Record]:
@@ -133,7 +134,7 @@ class Control:
 
     __slots__ = ("_channels", "_config", "_connection", "_lock", "_loop", "_url")
 
-    def __init__(self, loop: Any, url: str, config: RuntimeConfig) -> None:
+    def __init__(self, loop: Any, url: SecretUrl, config: RuntimeConfig) -> None:
         self._loop = loop
         self._url = url
         self._config = config
@@ -177,7 +178,7 @@ class Control:
         if connection is None or connection.is_closed():
             self._connection = None
             connection = await asyncpg.connect(
-                self._url, timeout=self._config.connect_timeout,
+                self._url.reveal(), timeout=self._config.connect_timeout,
                 command_timeout=self._config.command_timeout,
                 server_settings=_server_settings(self._config))
             for channel, callback in self._channels.items():
@@ -230,7 +231,7 @@ def _server_settings(config: RuntimeConfig) -> dict[str, str]:
 
 
 @asynccontextmanager
-async def open_database(url: str, config: RuntimeConfig, migrations: Sequence[tuple[str, str]], *,
+async def open_database(url: SecretUrl, config: RuntimeConfig, migrations: Sequence[tuple[str, str]], *,
                         migrate: bool = True) -> AsyncIterator[Database]:
     """Apply pending `migrations` to `url` (or check that none is pending), then open the pool.
 
@@ -271,22 +272,26 @@ async def open_database(url: str, config: RuntimeConfig, migrations: Sequence[tu
                 await _close_pool(loop, pool)
 
 
-async def execute_once(url: str, statement: str) -> None:
+async def execute_once(url: str | SecretUrl, statement: str) -> None:
     """Run one statement on a connection of its own, in a loop of its own (admin helpers)."""
+    url = SecretUrl.of(url)
     async with _asyncio_loop() as loop:
         with store_errors(), start_errors(url, ADMIN_CONNECT_TIMEOUT):
             await _run(loop, _aio_execute_once, url, statement)
 
 
-async def fetchval_once(url: str, statement: str, *args: object) -> Any:
+async def fetchval_once(url: str | SecretUrl, statement: str, *args: object) -> Any:
     """The first value of one statement, on a connection and a loop of its own (admin helpers)."""
+    url = SecretUrl.of(url)
     async with _asyncio_loop() as loop:
         with store_errors(), start_errors(url, ADMIN_CONNECT_TIMEOUT):
             return await _run(loop, _aio_fetchval_once, url, statement, *args)
 
 
-async def migrate(url: str, migrations: Sequence[tuple[str, str]], connect_timeout: float) -> list[str]:
+async def migrate(url: str | SecretUrl, migrations: Sequence[tuple[str, str]], connect_timeout: float
+                  ) -> list[str]:
     """Apply the `migrations` the database lacks, in a loop of its own; return their names."""
+    url = SecretUrl.of(url)
     async with _asyncio_loop() as loop:
         with store_errors(), start_errors(url, connect_timeout):
             return await _run(loop, _aio_migrate_url, url, migrations, connect_timeout)
@@ -296,20 +301,20 @@ async def migrate(url: str, migrations: Sequence[tuple[str, str]], connect_timeo
 # These coroutine functions run on the trio-asyncio loop, called through `_run`.
 
 
-async def _aio_connect(url: str, connect_timeout: float) -> asyncpg.Connection[asyncpg.Record]:
+async def _aio_connect(url: SecretUrl, connect_timeout: float) -> asyncpg.Connection[asyncpg.Record]:
     try:
-        return await asyncpg.connect(url, timeout=connect_timeout,
+        return await asyncpg.connect(url.reveal(), timeout=connect_timeout,
                                      server_settings={"application_name": APPLICATION_NAME})
     except Exception as exc:
         raise StartFailed("connect") from exc
 
 
-async def _aio_create_pool(url: str, config: RuntimeConfig) -> Pool:
+async def _aio_create_pool(url: SecretUrl, config: RuntimeConfig) -> Pool:
     # No type codecs are registered: JSON columns are encoded with json.dumps,
     # sent as text and cast to jsonb in SQL, and read back as text.
     try:
         return await asyncpg.create_pool(
-            url,
+            url.reveal(),
             min_size=config.pool_min,
             max_size=config.pool_max,
             max_inactive_connection_lifetime=config.max_inactive_connection_lifetime,
@@ -386,7 +391,7 @@ async def _aio_terminate(pool: Pool) -> None:  # noqa: ASYNC910  runs on the asy
     pool.terminate()
 
 
-async def _aio_execute_once(url: str, statement: str) -> None:
+async def _aio_execute_once(url: SecretUrl, statement: str) -> None:
     connection = await _aio_connect(url, ADMIN_CONNECT_TIMEOUT)
     try:
         await connection.execute(statement)
@@ -394,7 +399,7 @@ async def _aio_execute_once(url: str, statement: str) -> None:
         connection.terminate()  # nothing is pending: no need for a graceful close
 
 
-async def _aio_fetchval_once(url: str, statement: str, *args: object) -> Any:
+async def _aio_fetchval_once(url: SecretUrl, statement: str, *args: object) -> Any:
     connection = await _aio_connect(url, ADMIN_CONNECT_TIMEOUT)
     try:
         return await connection.fetchval(statement, *args)
@@ -402,7 +407,7 @@ async def _aio_fetchval_once(url: str, statement: str, *args: object) -> Any:
         connection.terminate()
 
 
-async def _aio_migrate_url(url: str, migrations: Sequence[tuple[str, str]], connect_timeout: float
+async def _aio_migrate_url(url: SecretUrl, migrations: Sequence[tuple[str, str]], connect_timeout: float
                            ) -> list[str]:
     connection = await _aio_connect(url, connect_timeout)
     try:
@@ -416,8 +421,8 @@ async def _aio_migrate_url(url: str, migrations: Sequence[tuple[str, str]], conn
     return applied
 
 
-async def _aio_missing_migrations(url: str, migrations: Sequence[tuple[str, str]], connect_timeout: float
-                                  ) -> list[str]:
+async def _aio_missing_migrations(url: SecretUrl, migrations: Sequence[tuple[str, str]],
+                                  connect_timeout: float) -> list[str]:
     """The names of `migrations` that `schema_migrations` lacks, only reading it."""
     connection = await _aio_connect(url, connect_timeout)
     try:

@@ -14,12 +14,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Final, NoReturn
+from typing import Final, NoReturn, TypeVar
 
 import asyncpg
 
 from ..._errors import StoreUnavailable, WriteRejected
+from ..._secrets import SecretUrl
 from .. import _target as target
+
+E = TypeVar("E", bound=BaseException)
 
 
 class StartFailed(Exception):
@@ -77,7 +80,7 @@ def violated_constraint(exc: BaseException) -> str | None:
 
 
 @contextmanager
-def store_errors(*, rejectable: bool = False, url: str | None = None) -> Iterator[None]:
+def store_errors(*, rejectable: bool = False, url: SecretUrl | None = None) -> Iterator[None]:
     """Translate what leaves the block: transient -> StoreUnavailable, data -> WriteRejected,
     a missing privilege or a refused login -> ConfigurationError.
 
@@ -91,20 +94,22 @@ def store_errors(*, rejectable: bool = False, url: str | None = None) -> Iterato
         yield
     except Exception as raised:
         exc = sole_leaf(raised)
+        error: Exception | None = None
         if url is not None and isinstance(exc, asyncpg.PostgresError):
             # A user that may not read or write the tables (auto_migrate off, rights too narrow).
-            refused = target.rejected(url, exc.sqlstate or "", _first_line(exc), migrating=False)
-            if refused is not None:
-                raise refused from exc
-        if rejectable and _is_rejected_data(exc):
-            raise WriteRejected(f"PostgreSQL rejected the batch: {describe(exc)}") from exc
-        if is_transient(exc):
-            raise StoreUnavailable(f"PostgreSQL is unavailable: {describe(exc)}") from exc
-        raise
+            error = target.rejected(url, exc.sqlstate or "", _first_line(exc), migrating=False)
+        if error is None and rejectable and _is_rejected_data(exc):
+            error = WriteRejected(f"PostgreSQL rejected the batch: {describe(exc)}")
+        if error is None and is_transient(exc):
+            error = StoreUnavailable(f"PostgreSQL is unavailable: {describe(exc)}")
+        if error is None:
+            raise  # a bug: as the driver raised it
+        without_frames(raised)
+        raise error from exc
 
 
 @contextmanager
-def start_errors(url: str, connect_timeout: float) -> Iterator[None]:
+def start_errors(url: SecretUrl, connect_timeout: float) -> Iterator[None]:
     """Translate a failure to connect or to migrate (`StartFailed`) that leaves the block.
 
     A configuration that cannot work becomes `ConfigurationError`, an
@@ -120,13 +125,13 @@ def start_errors(url: str, connect_timeout: float) -> Iterator[None]:
         if not isinstance(failed, StartFailed) or not isinstance(failed.__cause__, Exception):
             raise
         cause = failed.__cause__
-        error, chained = _start_error(url, connect_timeout, failed.step, cause)
+        error, chained = _start_error(url, connect_timeout, failed.step, without_frames(cause))
     # Raised here, outside the `except`, so that nothing of the driver's
     # error is attached to it but what `chained` says.
     raise error from chained
 
 
-def _start_error(url: str, connect_timeout: float, step: str, exc: Exception
+def _start_error(url: SecretUrl, connect_timeout: float, step: str, exc: Exception
                  ) -> tuple[Exception, Exception | None]:
     """The error to raise for `exc`, raised while `step` ran, and what to chain to it."""
     if isinstance(exc, asyncpg.PostgresError):
@@ -144,6 +149,29 @@ def _start_error(url: str, connect_timeout: float, step: str, exc: Exception
     if is_transient(exc):
         return target.unreachable(url, describe(exc), connect_timeout, timed_out=False), exc
     return exc, exc.__cause__ if isinstance(exc.__cause__, Exception) else None
+
+
+def without_frames(exc: E) -> E:
+    """`exc`, with no traceback on it or on anything chained to it (cause, context, group members).
+
+    For the driver's errors chained to ours: asyncpg's frames hold the
+    password as plain text (its `ConnectionParameters`, the DSN), and a
+    traceback that prints local values (loguru's `diagnose`) would show it
+    (`test_a_wrong_password_never_shows_in_a_diagnosing_log`). The driver's
+    type and message stay.
+    """
+    seen: set[int] = set()
+    pending: list[BaseException] = [exc]
+    while pending:
+        each = pending.pop()
+        if id(each) in seen:
+            continue
+        seen.add(id(each))
+        each.__traceback__ = None
+        pending.extend(chained for chained in (each.__cause__, each.__context__) if chained is not None)
+        if isinstance(each, BaseExceptionGroup):
+            pending.extend(each.exceptions)
+    return exc
 
 
 def _first_line(exc: BaseException) -> str:
