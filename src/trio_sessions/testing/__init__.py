@@ -35,6 +35,7 @@ from ._history import NotLinearizable as NotLinearizable
 from ._history import Operation as Operation
 from ._history import RecordingRuntime as RecordingRuntime
 from ._history import assert_linearizable as assert_linearizable
+from ._history import check_arrival_order as check_arrival_order
 from ._history import check_linearizable as check_linearizable
 from ._reference import ModelState as ModelState
 from ._reference import SessionModel as SessionModel
@@ -58,8 +59,8 @@ __all__ = [
     "AddNote", "AppendMessage", "Call", "Context", "Create", "Delete", "End", "FaultStatistics",
     "FaultyStore", "Get", "History", "Linearization", "ModelState", "NotLinearizable", "Operation",
     "RecordingRuntime", "SessionModel", "Touch", "Update", "agents", "assert_linearizable",
-    "chat_ids", "check_linearizable", "hostile_text", "impostors", "json_values", "limits",
-    "message_contents",
+    "chat_ids", "check_arrival_order", "check_linearizable", "hostile_text", "impostors", "json_values",
+    "limits", "message_contents",
     "metadata", "roles", "run_on_virtual_time", "run_workload", "session_calls", "timeouts",
     "user_ids", "valid_text",
 ]
