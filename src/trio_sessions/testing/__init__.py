@@ -3,7 +3,9 @@
 - `SessionModel`: the sequential specification of the session API; the same
   results and errors as the runtime for any sequence of calls at given times.
 - `History` and `check_linearizable`/`assert_linearizable`: record concurrent
-  calls and decide whether some sequential order explains every answer.
+  calls and decide whether some sequential order explains every answer;
+  `check_arrival_order`: calls on one session applied in the order they
+  reached the runtime (as `run_workload` numbers them).
 - `FaultyStore`: wraps any store and injects transient failures, latency,
   outages and commits of unknown outcome, reproducibly from a seed.
 - Hypothesis strategies for arguments (`hostile_text`, `metadata`, ...) and

@@ -11,10 +11,14 @@ scheduling, so a failing interleaving replays and shrinks.
 draw: a bounded list of steps per task), naming sessions by their index in
 the list of sessions known when the step runs. So the program does not
 depend on the interleaving, and a shrink (dropping a step, lowering an
-index) changes one thing, not every draw after it. Besides calls, a step may
-flush, passivate a session's actor, walk `list()` page by page, and wait for
-a session's deadline so that the next call lands exactly on it: the states
-where bugs at the deadline, in re-activation and in the keyset cursor live.
+index) changes one thing, not every draw after it. A few creates at one
+instant come first (`setup_creates`), so calls have sessions to work on from
+the start. Besides calls, a step may flush, passivate a session's actor, walk
+`list()` page by page, append a burst, read a partly flushed session back,
+start several calls on one session at once, race a resident session's
+deadline, and wait for a session's deadline so that the next call lands
+exactly on it: the states where bugs at the deadline, in re-activation, in
+the context window, in the keyset cursor and in arrival order live.
 """
 
 from __future__ import annotations
