@@ -703,10 +703,14 @@ async def run_workload(runtime: SessionRuntime, data: DataObject, history: Histo
         else:
             await make(own_chat(resolve(action, known), token), route)
 
+    # Tokens (which make each step's chats its own) unique in the history, also
+    # when a second workload continues it (after a restart, on the same store).
+    run = len(history.operations)
+
     async def worker(task: int, plan: list[Step]) -> None:  # noqa: ASYNC910  an empty plan: the nursery checkpoints
         for index, step in enumerate(plan):
             await wait(step)
-            await act(step.action, f"#{task}.{index}", step.route)
+            await act(step.action, f"#{run}.{task}.{index}", step.route)
 
     for create in creates:  # one after another, at one instant: created_at tied
         await make(create, 0)
