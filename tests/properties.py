@@ -27,6 +27,7 @@ from trio_sessions.testing import (
     Linearization,
     ModelState,
     assert_linearizable,
+    check_arrival_order,
 )
 
 ALL_MESSAGES = 1_000_000
@@ -83,6 +84,7 @@ async def check_runtime(rt: SessionRuntime, history: History, store: Store, sess
         assert [m.seq for m in loaded[1]] == list(range(1, len(loaded[1]) + 1))
 
     check_versions_only_grow(history)
+    check_arrival_order(history)
     check_message_seqs(history)
     check_expired_never_returns(history)
     check_events(events)

@@ -269,8 +269,11 @@ class Chats:
             ownership.lost(session.id)
             host.deadlines.discard(session.id)
             return placed
-        if placed.expires_at != session.expires_at:  # dated after its chat's last end
-            host.deadlines.touch(session.id, host.clock.to_trio(placed.expires_at))
+        # Queued again, whether or not the date moved (after its chat's last end):
+        # the expiry engine may have popped the deadline while the write was
+        # retried, found no stored row and forgotten the session
+        # (tests/test_chats.py::test_a_chat_session_placed_after_its_deadline_still_expires).
+        host.deadlines.push(session.id, host.clock.to_trio(placed.expires_at))
         host.publish("created", placed)
         key = chat_key(placed)
         assert key is not None  # a session placed has a chat

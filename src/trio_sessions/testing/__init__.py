@@ -3,7 +3,9 @@
 - `SessionModel`: the sequential specification of the session API; the same
   results and errors as the runtime for any sequence of calls at given times.
 - `History` and `check_linearizable`/`assert_linearizable`: record concurrent
-  calls and decide whether some sequential order explains every answer.
+  calls and decide whether some sequential order explains every answer;
+  `check_arrival_order`: calls on one session applied in the order they
+  reached the runtime (as `run_workload` numbers them).
 - `FaultyStore`: wraps any store and injects transient failures, latency,
   outages and commits of unknown outcome, reproducibly from a seed.
 - Hypothesis strategies for arguments (`hostile_text`, `metadata`, ...) and
@@ -35,6 +37,7 @@ from ._history import NotLinearizable as NotLinearizable
 from ._history import Operation as Operation
 from ._history import RecordingRuntime as RecordingRuntime
 from ._history import assert_linearizable as assert_linearizable
+from ._history import check_arrival_order as check_arrival_order
 from ._history import check_linearizable as check_linearizable
 from ._reference import ModelState as ModelState
 from ._reference import SessionModel as SessionModel
@@ -58,8 +61,8 @@ __all__ = [
     "AddNote", "AppendMessage", "Call", "Context", "Create", "Delete", "End", "FaultStatistics",
     "FaultyStore", "Get", "History", "Linearization", "ModelState", "NotLinearizable", "Operation",
     "RecordingRuntime", "SessionModel", "Touch", "Update", "agents", "assert_linearizable",
-    "chat_ids", "check_linearizable", "hostile_text", "impostors", "json_values", "limits",
-    "message_contents",
+    "chat_ids", "check_arrival_order", "check_linearizable", "hostile_text", "impostors", "json_values",
+    "limits", "message_contents",
     "metadata", "roles", "run_on_virtual_time", "run_workload", "session_calls", "timeouts",
     "user_ids", "valid_text",
 ]

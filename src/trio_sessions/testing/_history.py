@@ -74,6 +74,10 @@ class Operation:
     outcome: Any = None
     #: False while pending, and for a call cancelled before it answered.
     answered: bool = False
+    #: Its place in the order calls reached the runtime, when known (`run_workload` numbers
+    #: appends, touches, notes, updates and ends); `check_arrival_order` checks they applied
+    #: in that order.
+    arrived: int | None = None
 
     def window(self) -> tuple[float, float]:
         return self.invoked_at, math.inf if self.returned_at is None else self.returned_at
@@ -161,6 +165,35 @@ class History:
         for operation in self.operations:
             groups.setdefault(operation.session_id, []).append(operation)
         return groups
+
+
+def check_arrival_order(history: History) -> None:
+    """Check that calls on one session applied in the order they reached the runtime.
+
+    Linearizability allows any order of overlapping calls, so it cannot see a
+    call overtaking commands already queued for the session's actor. This
+    can: take the answered calls of one session that carry an arrival
+    number (`Operation.arrived`, set by `run_workload`), in that order.
+    Each applied call answers the session's version after it, and appends,
+    touches and notes always raise it (an update or end may change nothing),
+    so a later arrival answering a lower version, or the same version when
+    it raises it, applied first.
+
+    Raises:
+        AssertionError: naming the call that applied ahead of an earlier arrival.
+    """
+    for session_id, operations in history.sessions().items():
+        numbered = sorted((op for op in operations
+                           if op.arrived is not None and op.answered and isinstance(op.outcome, Session)),
+                          key=lambda op: op.arrived or 0)
+        for first, second in itertools.pairwise(numbered):
+            earlier, later = first.outcome.version, second.outcome.version
+            raises = isinstance(second.call, AppendMessage | Touch | AddNote)
+            if earlier > later or (earlier == later and raises):
+                raise AssertionError(
+                    f"session {session_id}: a call applied ahead of one that reached the runtime before it:\n"
+                    f"  arrived #{first.arrived}: {first.describe()}\n"
+                    f"  arrived #{second.arrived}: {second.describe()}")
 
 
 class RecordingRuntime:
