@@ -413,3 +413,17 @@ async def test_a_chat_session_placed_after_its_deadline_still_expires(
         loaded = await store.inner.load(session.id, messages=0)
         assert loaded is not None
         assert loaded[0].end_reason == "expired"
+
+
+@pytest.mark.parametrize("outage_end", [3.0, 3.5, 4.5, 6.0])
+async def test_a_chat_session_placed_after_its_deadline_is_never_read_active(
+        autojump_clock: MockClock, outage_end: float) -> None:
+    """Once such a create returns, past the session's deadline, no read answers the session active."""
+    random.seed(int(outage_end * 10))
+    store = FaultyStore(MemoryStore(), outages=[(1.0, outage_end)])
+    async with open_runtime(CONFIG, store=store) as rt:
+        await trio.sleep(1.0)
+        session = await rt.create(*CHAT[:2], chat_id=CHAT[2], timeout=1.0)
+        assert trio.current_time() > rt.deadline(session)
+        assert not (await rt.get(session.id)).is_active
+        assert (await rt.session_for_chat(*CHAT)).id != session.id
