@@ -393,3 +393,15 @@ async def test_a_refused_connection_never_shows_the_password_in_a_diagnosing_log
         error, log = await logged_start_failure(config)
     assert isinstance(error, StoreUnavailable) and "cannot connect to PostgreSQL" in log
     assert_hidden(PASSWORD, error, log)
+
+
+async def test_a_database_holding_a_relation_of_the_schema_is_a_configuration_error(
+        postgres_url: str) -> None:
+    """A refusal at start that names no known cause is still a SessionError (never the driver's)."""
+    await execute_once(postgres_url, "CREATE VIEW sessions AS SELECT 1 AS x")
+    with pytest.raises(ConfigurationError) as raised:
+        async with open_runtime(RuntimeConfig(), store=PostgresStore(postgres_url)):
+            pass
+    message = str(raised.value)
+    database = urlsplit(postgres_url).path.lstrip("/")
+    assert "applying the schema" in message and repr(database) in message and "42P07" in message, message

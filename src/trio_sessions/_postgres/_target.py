@@ -141,6 +141,26 @@ def unreachable(url: SecretUrl, problem: str, connect_timeout: float, *, timed_o
         "that host and port in database_url are right")
 
 
+def refused_at_start(url: SecretUrl, step: str, sqlstate: str, server_message: str) -> ConfigurationError:
+    """The error for a refusal at start that names no known cause: the database is not what it should be.
+
+    For example a relation of the schema's name that is not the schema's
+    (a view called `sessions`): retrying cannot help, the database must change.
+    """
+    target = Target.of(url)
+    doing = "applying the schema" if step == "migrate" else "connecting"
+    return ConfigurationError(
+        f"PostgreSQL refused {doing} ({target}): {server_message} (SQLSTATE {sqlstate}); check that "
+        "database_url names a database whose tables trio-sessions made (`trio-sessions migrate`), "
+        "or an empty one")
+
+
+def failed_at_start(url: SecretUrl, step: str, kind: str) -> StoreUnavailable:
+    """The error for any other failure at start, the driver's own error chained to it."""
+    doing = "applying the schema" if step == "migrate" else "connecting"
+    return StoreUnavailable(f"{doing} failed ({Target.of(url)}) with {kind} (see the chained exception)")
+
+
 def schema_behind(url: SecretUrl, missing: list[str]) -> ConfigurationError:
     """The error for a database whose schema lacks migrations, when the runtime may not apply them."""
     target = Target.of(url)

@@ -115,7 +115,8 @@ def start_errors(url: SecretUrl, connect_timeout: float) -> Iterator[None]:
     A configuration that cannot work becomes `ConfigurationError`, an
     unreachable server `StoreUnavailable`; the driver's error is chained,
     except when it failed to parse the URL (its message may quote part of the
-    password). A failure of another kind is re-raised as the driver raised it.
+    password). Any other refusal of PostgreSQL's is `ConfigurationError`
+    too, and any other failure `StoreUnavailable`, the driver's error chained.
     """
     try:
         yield
@@ -148,7 +149,11 @@ def _start_error(url: SecretUrl, connect_timeout: float, step: str, exc: Excepti
         return target.unreachable(url, "", connect_timeout, timed_out=True), exc
     if is_transient(exc):
         return target.unreachable(url, describe(exc), connect_timeout, timed_out=False), exc
-    return exc, exc.__cause__ if isinstance(exc.__cause__, Exception) else None
+    # Only SessionErrors leave a public call: an unforeseen refusal is the
+    # database's (it must change), anything else the driver's, chained.
+    if isinstance(exc, asyncpg.PostgresError):
+        return target.refused_at_start(url, step, exc.sqlstate or "", _first_line(exc)), exc
+    return target.failed_at_start(url, step, type(exc).__name__), exc
 
 
 def without_frames(exc: E) -> E:
