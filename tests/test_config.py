@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from trio_sessions import InvalidArgument, RuntimeConfig, SecretUrl
+from trio_sessions import InvalidArgument, RuntimeConfig, SecretUrl, open_runtime
 
 
 def test_defaults() -> None:
@@ -144,3 +144,13 @@ def test_config_stores_plain_values() -> None:
 
     config = RuntimeConfig(max_messages=Lying(7))
     assert type(config.max_messages) is int and config.max_messages == 7
+
+
+async def test_database_url_read_at_start_is_checked_and_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A runtime given no database_url reads DATABASE_URL, checked as the field is, naming the variable."""
+    monkeypatch.setenv("DATABASE_URL", "mysql://app:s3cret@db/app")
+    with pytest.raises(InvalidArgument) as raised:
+        async with open_runtime(RuntimeConfig()):
+            pass
+    assert raised.value.field == "DATABASE_URL" and "postgresql://" in str(raised.value)
+    assert "s3cret" not in str(raised.value)

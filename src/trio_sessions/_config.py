@@ -295,6 +295,20 @@ def _made(cls: type[RuntimeConfig], values: dict[str, Any], origin: Mapping[str,
         raise InvalidArgument(source, exc.problem) from None
 
 
+def environment_url() -> SecretUrl | None:
+    """`DATABASE_URL` (None if unset), for a runtime given no `database_url`; checked as that field
+    is, an error naming the variable."""
+    text = os.environ.get("DATABASE_URL")
+    if not text:
+        return None
+    url = SecretUrl(text)
+    try:
+        _check_url(url)
+    except InvalidArgument as exc:
+        raise InvalidArgument("DATABASE_URL", exc.problem) from None
+    return url
+
+
 def _check_url(secret: SecretUrl) -> None:
     """A PostgreSQL URL the driver can parse; the message never shows the password."""
     shown, url = str(secret), secret.reveal()

@@ -9,7 +9,6 @@ routing, passivation, expiry, the write-behind) belongs to its private
 from __future__ import annotations
 
 import functools
-import os
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
@@ -23,14 +22,13 @@ from loguru import logger
 
 from . import _model as model
 from ._commands import TOUCH, AddNote, AppendMessage, Context, Delete, End, Read, Update
-from ._config import RuntimeConfig, configured_url
+from ._config import RuntimeConfig, configured_url, environment_url
 from ._cursor import decode_cursor, encode_cursor
 from ._errors import InvalidArgument, SessionNotFound, StoreUnavailable
 from ._feed import FollowedEvents
 from ._health import Health
 from ._metrics import MetricsSnapshot
 from ._model import EventPage, Message, Page, Session
-from ._secrets import SecretUrl
 from ._store import ListQuery, Store
 from ._subscriptions import Subscription
 from ._supervisor import Supervisor
@@ -666,9 +664,7 @@ async def _open_store(config: RuntimeConfig, store: Store | None) -> AsyncIterat
         from ._postgres import PostgresStore
 
         migrate = config.auto_migrate
-        url = configured_url(config)
-        if url is None and os.environ.get("DATABASE_URL"):
-            url = SecretUrl(os.environ["DATABASE_URL"])
+        url = configured_url(config) or environment_url()
         if url is None:
             from ._embedded import open_embedded_postgres
 
