@@ -20,7 +20,7 @@ import pytest
 import trio
 
 from trio_sessions._config import RuntimeConfig
-from trio_sessions._embedded import HANDLE_PIDS, USER_STARTS, open_embedded_postgres
+from trio_sessions._embedded import HANDLE_PIDS, USER_STARTS, _start_time, open_embedded_postgres
 from trio_sessions._errors import InvalidArgument, StoreUnavailable, WriteRejected
 from trio_sessions._migrations import load_migrations, migrations_dir
 from trio_sessions._model import Message, Session, check_metadata
@@ -279,7 +279,7 @@ async def test_embedded_server_starts_shares_and_persists(tmp_path: Path) -> Non
 #: A process that starts the embedded server of the folder argv[1], says so, and waits to be killed.
 EMBEDDED_OWNER = """
 import sys, trio
-from trio_sessions._embedded import HANDLE_PIDS, USER_STARTS, open_embedded_postgres
+from trio_sessions._embedded import open_embedded_postgres
 
 async def main():
     async with open_embedded_postgres(sys.argv[1]):
@@ -302,8 +302,11 @@ def postmaster_running(data_dir: Path) -> int | None:
     return pid if running else None
 
 
-async def test_a_server_orphaned_by_a_killed_owner_is_stopped_by_the_next_run(tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
+async def orphan_a_server(data_dir: Path) -> tuple[int, int, int]:
+    """Start the embedded server of `data_dir` in a child and kill the child with SIGKILL.
+
+    Returns the orphaned postmaster's pid, the dead owner's pid and its start time.
+    """
     owner = await trio.lowlevel.open_process([sys.executable, "-c", EMBEDDED_OWNER, str(data_dir)],
                                              stdout=subprocess.PIPE)
     assert owner.stdout is not None
@@ -314,13 +317,19 @@ async def test_a_server_orphaned_by_a_killed_owner_is_stopped_by_the_next_run(tm
             assert chunk, "the owner exited before starting the server"
             said += chunk
         assert said == b"started\n"
+        started = _start_time(owner.pid)
+        assert started is not None
     finally:
         owner.kill()  # SIGKILL: nothing of the owner's clean-up runs
         await owner.wait()
         await owner.stdout.aclose()
     orphan = postmaster_running(data_dir)
     assert orphan is not None
+    return orphan, owner.pid, started
 
+
+async def check_the_next_run_stops(data_dir: Path, orphan: int) -> None:
+    """The next run on `data_dir` reuses the orphaned server and stops it when it leaves."""
     try:
         async with open_embedded_postgres(data_dir) as url:  # reuses the orphan
             assert postmaster_running(data_dir) == orphan
@@ -332,48 +341,25 @@ async def test_a_server_orphaned_by_a_killed_owner_is_stopped_by_the_next_run(tm
             os.kill(orphan, signal.SIGTERM)
 
 
-def start_time(pid: int) -> int:
-    """When process `pid` started, in clock ticks since boot: field 22 of /proc/<pid>/stat."""
-    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19])
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="process start times are read from /proc")
+async def test_a_server_orphaned_by_a_killed_owner_is_stopped_by_the_next_run(tmp_path: Path) -> None:
+    orphan, _, _ = await orphan_a_server(tmp_path / "data")
+    await check_the_next_run_stops(tmp_path / "data", orphan)
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="process start times are read from /proc")
 async def test_an_orphan_whose_owner_pid_was_reused_is_stopped_by_the_next_run(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
-    owner = await trio.lowlevel.open_process([sys.executable, "-c", EMBEDDED_OWNER, str(data_dir)],
-                                             stdout=subprocess.PIPE)
-    assert owner.stdout is not None
-    try:
-        said = b""
-        while b"\n" not in said:
-            chunk = await owner.stdout.receive_some()
-            assert chunk, "the owner exited before starting the server"
-            said += chunk
-        assert said == b"started\n"
-        owner_started = start_time(owner.pid)
-    finally:
-        owner.kill()
-        await owner.wait()
-        await owner.stdout.aclose()
-    orphan = postmaster_running(data_dir)
-    assert orphan is not None
+    orphan, owner, owner_started = await orphan_a_server(data_dir)
     # The owner recorded its start when it joined (the first run on the folder: after initdb).
-    assert json.loads((data_dir / USER_STARTS).read_text()) == {str(owner.pid): owner_started}
+    assert json.loads((data_dir / USER_STARTS).read_text()) == {str(owner): owner_started}
     # The owner's pid given to another process: a live one, which started after the owner.
     other = await trio.lowlevel.open_process(["sleep", "600"])
     try:
-        assert start_time(other.pid) != owner_started
+        assert _start_time(other.pid) != owner_started
         (data_dir / HANDLE_PIDS).write_text(json.dumps([other.pid]))
         (data_dir / USER_STARTS).write_text(json.dumps({str(other.pid): owner_started}))
-        try:
-            async with open_embedded_postgres(data_dir) as url:  # reuses the orphan
-                assert postmaster_running(data_dir) == orphan
-                async with PostgresStore(url, RuntimeConfig(pool_min=1)).connect():
-                    pass
-            assert postmaster_running(data_dir) is None
-        finally:
-            if postmaster_running(data_dir) == orphan:  # the test failed: leave no server behind
-                os.kill(orphan, signal.SIGTERM)
+        await check_the_next_run_stops(data_dir, orphan)
     finally:
         other.kill()
         await other.wait()
