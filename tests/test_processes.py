@@ -15,7 +15,7 @@ change. Afterwards every session's messages are numbered 1..n without a
 gap, every write a process acknowledged is stored (for the killed and the
 frozen process: every durable one; what they acknowledged and had not
 flushed is the bound of write-behind, README "Several processes"; the cut
-one loses nothing), and each caller's writes to a session are stored in the
+one loses nothing unless a cut outlasted its lease), and each caller's writes to a session are stored in the
 order it made them.
 """
 
@@ -139,20 +139,27 @@ async def test_processes_sharing_sessions_lose_nothing_acknowledged(postgres_url
     frozen = Worker("f", str(own.id), flush_interval=1.0, durable_every=0)
     with trio.fail_after(120 + 2 * FAULT_SECONDS):  # a stuck hand-off shows as this, not as a hung suite
         await run_workers(postgres_url, config, steady, restarted, killed, frozen, own.id, tmp_path, cut)
-    steady += [*restarted, cut]
+    steady += restarted
     for worker in killed:
         assert worker.process is not None and worker.process.returncode == -signal.SIGKILL
-    for worker in [*steady, frozen]:
+    for worker in {*steady, cut, frozen}:
         assert worker.process is not None and worker.process.returncode == 0, (
             worker.name, worker.stderr.read_text()[-3000:])
         assert worker.lines[-1] == "closed"
+    # The cut process rides its cuts out within its lease, as a rule. Under a heavy load a cut and
+    # the reconnection after it can outlast the lease: then it lapsed, was fenced and rejoined, and
+    # is held to what a frozen process must keep (durable writes); otherwise to everything.
+    cut_lapsed = int(cut.lines[-2].split()[3]) > 0
+    if not cut_lapsed:
+        steady.append(cut)
     # The frozen process's late changes were fenced, not written over the new owner's.
     assert int(frozen.lines[-2].split()[1]) >= 1, frozen.lines[-12:]
     # A caller of the frozen process may be told StoreUnavailable (its call was refused as the
     # lease lapsed: retry), and one of the cut process (its call needed the store while it was out
     # of reach, past read_attempts); nobody else sees an error.
     assert not [line for worker in [*steady, *killed] if worker is not cut for line in worker.errors()]
-    assert {line.split()[1] for line in cut.errors()} <= {"StoreUnavailable"}
+    moved = {"SessionMoved"} if cut_lapsed else set()
+    assert {line.split()[1] for line in cut.errors()} <= {"StoreUnavailable", *moved}
     assert {line.split()[1] for line in frozen.errors()} <= {"SessionMoved", "StoreUnavailable"}
 
     store = PostgresStore(postgres_url)
@@ -170,7 +177,7 @@ async def test_processes_sharing_sessions_lose_nothing_acknowledged(postgres_url
     assert "test t 1" in stored[own.id]
     everything = {(session_id, content) for session_id, contents in stored.items() for content in contents}
     must = {*(ack for worker in steady for ack in worker.acks()),
-            *(ack for worker in killed for ack in worker.acks(durable_only=True))}
+            *(ack for worker in [*killed, cut] for ack in worker.acks(durable_only=True))}
     missing = must - everything
     assert not missing, f"{len(missing)} acknowledged writes lost, e.g. {sorted(missing)[:3]}"
     # Each caller's writes to one session, in the order it made them.
@@ -182,8 +189,9 @@ async def test_processes_sharing_sessions_lose_nothing_acknowledged(postgres_url
         for made in by_caller.values():
             assert made == sorted(made), session_id
     acknowledged = sum(len(w.acks()) for w in [*steady, *killed, frozen])
-    print(f"the cut process: {len(cut.acks())} acknowledged, all stored; {len(cut.errors())} calls refused; "
-          f"{cut.lines[-2]}; a steady one acknowledged {len(steady[0].acks())}")
+    print(f"the cut process: {len(cut.acks())} acknowledged, {len(set(cut.acks()) - everything)} not "
+          f"stored; {len(cut.errors())} calls refused; {cut.lines[-2]}; a steady one acknowledged "
+          f"{len(steady[0].acks())}")
     lost_by_killed = sum(len(set(w.acks()) - everything) for w in killed)
     print(f"{acknowledged} acknowledged, {len(everything)} stored; non-durable writes lost by the "
           f"killed processes: {lost_by_killed}, fenced from the frozen one: "
