@@ -518,3 +518,123 @@ async def test_prune_deletes_the_oldest_events_in_bounded_steps(store: Store) ->
     assert [e.session_id for e in await store.read_events(None, 100)] == [s.id for s in sessions[2:]]
     assert await store.prune_events(0.0, 100) == 3
     assert await store.read_events(None, 100) == []
+
+
+# ------------------------------------------------------------------ the fence
+
+async def owned_by_a(store: Store, count: int) -> tuple[UUID, UUID, list[Session]]:
+    """Instances a and b, and `count` new sessions of a's (epoch 1), each with one message."""
+    a, b = uuid4(), uuid4()
+    await store.register(a, 60.0)
+    await store.register(b, 60.0)
+    sessions = [make_session() for _ in range(count)]
+    await store.write(WriteBatch(tuple(sessions), tuple((s.id, make_message(1)) for s in sessions), (),
+                                 owner=a, epochs={s.id: 1 for s in sessions},
+                                 created=frozenset(s.id for s in sessions)))
+    return a, b, sessions
+
+
+def touch(session: Session) -> Session:
+    """The session after one more message: a change of activity alone (`WriteBatch.touched`)."""
+    later = T0 + timedelta(seconds=5)
+    return dataclasses.replace(session, version=session.version + 1, message_count=2, last_activity=later,
+                               updated_at=later, expires_at=later + timedelta(seconds=session.timeout))
+
+
+async def stored_messages(store: Store, session_id: UUID) -> list[int]:
+    found = await store.load(session_id, messages=10)
+    return [] if found is None else [m.seq for m in found[1]]
+
+
+@pytest.mark.parametrize("events", ["none", "some", "all"])
+async def test_the_fence_writes_only_the_rows_the_batch_still_owns(store: Store, events: str) -> None:
+    a, b, (full, moved_full, touched, moved_touched) = await owned_by_a(store, 4)
+    for moved in (moved_full, moved_touched):
+        assert await store.grant(moved.id, a, 1, b)  # b's now: a's writes of it are fenced
+    full_rows = [dataclasses.replace(s, version=2, title="changed") for s in (full, moved_full)]
+    activity = [touch(s) for s in (touched, moved_touched)]
+    rows = [*full_rows, *activity]
+    updated = {"none": (), "some": rows[1:3], "all": rows}[events]
+    batch = WriteBatch(tuple(full_rows), tuple((s.id, make_message(2)) for s in rows), (), tuple(activity),
+                       owner=a, epochs={s.id: 1 for s in rows},
+                       events=recorded(*(("updated", s) for s in updated)))
+    assert await store.write(batch) == tuple(sorted((moved_full.id, moved_touched.id)))
+    for written, before in zip(rows, (full, moved_full, touched, moved_touched), strict=True):
+        fenced = written.id in (moved_full.id, moved_touched.id)
+        assert await load(store, written.id) == (before if fenced else written)
+        assert await stored_messages(store, written.id) == ([1] if fenced else [1, 2])
+    expected = [("updated", s.id, 2) for s in updated if s.id in (full.id, touched.id)]
+    assert sorted(shown(await store.read_events(None, 100))) == sorted(expected)
+
+
+async def test_a_batch_under_an_older_epoch_is_fenced(store: Store) -> None:
+    a, b, (session,) = await owned_by_a(store, 1)
+    assert await store.grant(session.id, a, 1, b)
+    assert await store.grant(session.id, b, 2, a)  # a's again, but under epoch 3
+    stale = dataclasses.replace(session, version=2, title="stale")
+    for batch in (WriteBatch((stale,), (), (), owner=a, epochs={session.id: 1}),
+                  WriteBatch((), (), (), (touch(session),), owner=a, epochs={session.id: 1})):
+        assert await store.write(batch) == (session.id,)
+    assert await load(store, session.id) == session
+    assert await store.write(WriteBatch((stale,), (), (), owner=a, epochs={session.id: 3})) == ()
+    assert await load(store, session.id) == stale
+
+
+async def test_a_missing_row_is_written_only_by_its_create(store: Store) -> None:
+    a, _, _ = await owned_by_a(store, 0)
+    gone, new = make_session(version=2), make_session()
+    for batch in (WriteBatch((gone,), ((gone.id, make_message(1)),), (), owner=a, epochs={gone.id: 1}),
+                  WriteBatch((), ((gone.id, make_message(1)),), (), (touch(gone),), owner=a,
+                             epochs={gone.id: 1})):
+        assert await store.write(batch) == (gone.id,)  # deleted by another owner: it stays deleted
+    assert await store.load(gone.id, messages=10) is None
+    created = WriteBatch((new,), ((new.id, make_message(1)),), (), owner=a, epochs={new.id: 1},
+                         created=frozenset({new.id}))
+    assert await store.write(created) == ()
+    assert await store.write(created) == ()  # a retry whose first try committed
+    assert await load(store, new.id) == new
+    assert await stored_messages(store, new.id) == [1]
+
+
+async def test_a_retried_batch_of_the_owner_is_not_fenced(store: Store) -> None:
+    a, _, (full, touched) = await owned_by_a(store, 2)
+    changed = dataclasses.replace(full, version=2, title="changed")
+    activity = touch(touched)
+    messages = ((full.id, make_message(2)), (touched.id, make_message(2)))
+    batch = WriteBatch((changed,), messages, (), (activity,), owner=a, epochs={full.id: 1, touched.id: 1})
+    for _ in range(2):  # the first try committed, but the answer was lost
+        assert await store.write(batch) == ()
+    assert [await load(store, s.id) for s in (full, touched)] == [changed, activity]
+    assert [await stored_messages(store, s.id) for s in (full, touched)] == [[1, 2], [1, 2]]
+
+
+async def test_a_fenced_delete_deletes_nothing(store: Store) -> None:
+    a, b, (mine, moved) = await owned_by_a(store, 2)
+    assert await store.grant(moved.id, a, 1, b)
+    never = uuid4()
+    batch = WriteBatch((), (), (mine.id, moved.id, never), owner=a, epochs={mine.id: 1, moved.id: 1})
+    assert await store.write(batch) == (moved.id,)  # a delete of a session not stored is a no-op
+    assert await store.load(mine.id, messages=10) is None
+    assert await load(store, moved.id) == moved
+    assert await stored_messages(store, moved.id) == [1]
+
+
+async def test_messages_without_their_row_are_fenced_with_their_session(store: Store) -> None:
+    a, b, (mine, moved) = await owned_by_a(store, 2)
+    assert await store.grant(moved.id, a, 1, b)
+    batch = WriteBatch((), ((mine.id, make_message(2)), (moved.id, make_message(2))), (), owner=a,
+                       epochs={mine.id: 1, moved.id: 1})
+    assert await store.write(batch) == (moved.id,)
+    assert [await stored_messages(store, s.id) for s in (mine, moved)] == [[1, 2], [1]]
+
+
+async def test_a_create_whose_row_moved_since_is_fenced(store: Store) -> None:
+    """A new session's row written first (place(), or a try whose answer was lost), then taken."""
+    a, b, (session,) = await owned_by_a(store, 1)
+    assert await store.grant(session.id, a, 1, b)
+    later = dataclasses.replace(session, version=2, title="late")
+    batch = WriteBatch((later,), ((session.id, make_message(2)),), (), owner=a, epochs={session.id: 1},
+                       created=frozenset({session.id}))
+    assert await store.write(batch) == (session.id,)
+    assert await load(store, session.id) == session
+    assert await stored_messages(store, session.id) == [1]

@@ -225,9 +225,10 @@ class MemoryStore:
         return self._sessions[row.id]
 
     def _fenced(self, batch: WriteBatch) -> list[UUID]:
-        stored = {session_id: self._owners.get(session_id, (None, 0)) for session_id in batch.session_ids()
+        among = {*batch.session_ids(), *(session_id for session_id, _ in batch.messages)}
+        stored = {session_id: self._owners.get(session_id, (None, 0)) for session_id in among
                   if session_id in self._sessions}
-        return fenced_sessions(batch, stored)
+        return fenced_sessions(batch, stored, among)
 
     # -------------------------------------------------------------- ownership
 

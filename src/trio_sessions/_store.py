@@ -12,7 +12,7 @@ protocol.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -142,17 +142,22 @@ class ListQuery:
     after: tuple[datetime, UUID] | None
 
 
-def fenced_sessions(batch: WriteBatch, stored: Mapping[UUID, tuple[UUID | None, int]]) -> list[UUID]:
+def fenced_sessions(batch: WriteBatch, stored: Mapping[UUID, tuple[UUID | None, int]],
+                    among: Iterable[UUID] | None = None) -> list[UUID]:
     """The sessions of `batch` (which has an owner) that fail the fence, in id order.
 
     `stored`: `(owner, epoch)` of each of the batch's sessions that is stored.
-    The rule is `WriteBatch`'s: a stored row must name the batch's owner and
-    the session's epoch; a row not stored may be written only if the batch
-    creates it (a delete of it is a no-op).
+    `among`: the sessions to check (by default every one the batch writes,
+    deletes or appends messages to). The rule is `WriteBatch`'s: a stored
+    row must name the batch's owner and the session's epoch; a row not
+    stored may be written only if the batch creates it (a delete of it is a
+    no-op).
     """
+    if among is None:
+        among = (*batch.session_ids(), *(session_id for session_id, _ in batch.messages))
     expected_owner, epochs = batch.owner, batch.epochs
     fenced = []
-    for session_id in sorted(set(batch.session_ids())):
+    for session_id in sorted(set(among), key=_uuid_int):
         found = stored.get(session_id)
         if found is None:
             if session_id not in batch.created and session_id not in batch.deletes:
@@ -160,6 +165,10 @@ def fenced_sessions(batch: WriteBatch, stored: Mapping[UUID, tuple[UUID | None, 
         elif found != (expected_owner, epochs.get(session_id, 0)):
             fenced.append(session_id)
     return fenced
+
+
+def _uuid_int(session_id: UUID) -> int:
+    return session_id.int  # sorts as UUID does, but compared in C
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,9 @@ SESSION_COLUMNS: Final = (
 # The WHERE of DO UPDATE is the version guard that makes retries and stale
 # writers harmless (a row only ever moves to a newer version). A new row is
 # inserted with its owner ($19, the writing instance) and epoch; an update
-# leaves them: the batch took the row's lock and checked them (LOCK_FOR_WRITE).
+# leaves them. This is the statement of writes without an owner, and of the
+# batches whose rows a LOCK_FOR_WRITE has already checked; the others carry
+# the fence in their statements (the *_OWNED ones below).
 _INSERT_SESSIONS: Final = f"""
 INSERT INTO sessions ({SESSION_COLUMNS}, owner, owner_epoch)
 SELECT id, user_id, agent, chat_id, title, state, metadata::jsonb, notes::jsonb, is_active,
@@ -44,11 +46,44 @@ UPSERT_SESSIONS: Final = _INSERT_SESSIONS + """ON CONFLICT (id) DO UPDATE SET
 WHERE sessions.version < EXCLUDED.version
 """
 
-# The fence, first statement of every write of a runtime: lock the batch's
-# stored rows, in id order (two writers lock in the same order, never
-# deadlock), and read their owner and epoch. Under the lock they cannot
-# change until the commit, so the sessions whose owner or epoch differ are
-# left out of the statements that follow (PostgresStore.write).
+# The fence in the statements of a runtime's writes (WriteBatch): a stored row
+# is written only where it still names the batch's owner ($19) and the
+# session's epoch, under the lock the statement takes on it; RETURNING says
+# which rows were written, so nothing is read first (PostgresStore.write).
+# Rows go in id order (PostgresStore sorts them, and the plans below visit
+# them in the arrays' order), so two writers lock them in the same order.
+#
+# A new session's row (WriteBatch.created) is inserted, or, stored already (a
+# retry; a place() that wrote it first), updated under the fence. ON CONFLICT
+# locks the row even where the WHERE is false.
+UPSERT_OWNED: Final = UPSERT_SESSIONS + """
+  AND sessions.owner = $19 AND sessions.owner_epoch = EXCLUDED.owner_epoch
+RETURNING sessions.id
+"""
+# Any other row is only ever updated: a session missing from the table was
+# deleted (by another owner) and must stay missing.
+UPDATE_OWNED: Final = f"""
+UPDATE sessions AS s SET
+    user_id = r.user_id, agent = r.agent, chat_id = r.chat_id, title = r.title, state = r.state,
+    metadata = r.metadata::jsonb, notes = r.notes::jsonb, is_active = r.is_active,
+    message_count = r.message_count, created_at = r.created_at, updated_at = r.updated_at,
+    last_activity = r.last_activity, expires_at = r.expires_at, ended_at = r.ended_at,
+    end_reason = r.end_reason, version = r.version, timeout = r.timeout
+FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+            $8::text[], $9::boolean[], $10::integer[], $11::timestamptz[], $12::timestamptz[],
+            $13::timestamptz[], $14::timestamptz[], $15::timestamptz[], $16::text[], $17::bigint[],
+            $18::float8[], $20::bigint[])
+     AS r ({SESSION_COLUMNS}, owner_epoch)
+WHERE s.id = r.id AND s.version < r.version AND s.owner = $19 AND s.owner_epoch = r.owner_epoch
+RETURNING s.id
+"""
+
+# The rows a fenced statement did not write: a retry whose first try committed
+# (the version guard), or rows fenced or missing. Locked in id order and read,
+# their owner and epoch cannot change until the commit: the sessions whose
+# owner or epoch differ are left out of the statements that follow. Also the
+# first statement of a batch whose feed events must come before its rows'
+# (PostgresStore.write), for all its rows.
 LOCK_FOR_WRITE: Final = """
 SELECT id, owner, owner_epoch FROM sessions WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE
 """
@@ -93,6 +128,17 @@ FROM unnest($1::uuid[], $2::timestamptz[], $3::bigint[], $4::bigint[], $5::integ
      AS t (id, last_activity, expires_in, version, message_count)
 WHERE s.id = t.id AND s.version < t.version
 """
+# The same under the fence (see UPSERT_OWNED): the owner $6, each row's epoch.
+TOUCH_OWNED: Final = """
+UPDATE sessions AS s
+SET last_activity = t.last_activity, updated_at = t.last_activity,
+    expires_at = t.last_activity + t.expires_in * INTERVAL '1 microsecond',
+    version = t.version, message_count = t.message_count
+FROM unnest($1::uuid[], $2::timestamptz[], $3::bigint[], $4::bigint[], $5::integer[], $7::bigint[])
+     AS t (id, last_activity, expires_in, version, message_count, owner_epoch)
+WHERE s.id = t.id AND s.version < t.version AND s.owner = $6 AND s.owner_epoch = t.owner_epoch
+RETURNING s.id
+"""
 
 # A retried append finds its (session_id, seq) stored and is skipped; of two
 # copies in one batch the first is kept (test_message_appends_are_idempotent).
@@ -124,27 +170,40 @@ ON CONFLICT (session_id, version, kind) WHERE kind <> 'updated' DO NOTHING
 
 
 def _with_updated_events(statement: str, table: str, ids: int | None) -> str:
-    """`statement` (an upsert or update of `sessions`), and in the same statement the "updated"
-    event of each row it wrote whose id is in the array `$ids` (of every row it wrote when
-    `ids` is None): the snapshot comes back from the row as written (RETURNING), so nothing of
-    it is sent twice, and a row the version guard skipped (a retry whose first try committed,
-    a stale writer) has no event."""
+    """`statement` (an upsert or update of `sessions`, with no RETURNING or `RETURNING <table>.id`),
+    and in the same statement the "updated" event of each row it wrote whose id is in the array
+    `$ids` (of every row it wrote when `ids` is None): the snapshot comes back from the row as
+    written (RETURNING), so nothing of it is sent twice, and a row the version guard or the fence
+    skipped (a retry whose first try committed, a stale writer) has no event. The statement
+    returns the ids of the rows written, as the fenced ones do without events."""
     columns = ["id", *EVENT_COLUMNS.split(", ")[2:]]  # the sessions' columns of the snapshot
     returned = ", ".join(f"{table}.{column}" for column in columns)
+    statement = statement.rstrip().removesuffix(f"RETURNING {table}.id")
+    joined = "" if ids is None else f" JOIN unnest(${ids}::uuid[]) AS u (id) ON u.id = w.session_id"
     return f"""
-WITH written ({EVENT_COLUMNS.partition(", ")[2]}) AS ({statement} RETURNING {returned})
-INSERT INTO session_events ({EVENT_COLUMNS})
-SELECT 'updated', w.session_id, w.version, w.user_id, w.agent, w.chat_id, w.state, w.is_active,
-       w.end_reason
-FROM written AS w{"" if ids is None else f" JOIN unnest(${ids}::uuid[]) AS u (id) ON u.id = w.session_id"}
+WITH written ({EVENT_COLUMNS.partition(", ")[2]}) AS ({statement} RETURNING {returned}),
+logged AS (
+    INSERT INTO session_events ({EVENT_COLUMNS})
+    SELECT 'updated', w.session_id, w.version, w.user_id, w.agent, w.chat_id, w.state, w.is_active,
+           w.end_reason
+    FROM written AS w{joined}
+)
+SELECT session_id FROM written
 """
 
-# The two row statements with their rows' "updated" events (the feed is on): of
+
+# The row statements with their rows' "updated" events (the feed is on): of
 # the rows whose ids are in the last array, or, the common case, of every row.
 UPSERT_SESSIONS_WITH_EVENTS: Final = _with_updated_events(UPSERT_SESSIONS, "sessions", 21)
 TOUCH_SESSIONS_WITH_EVENTS: Final = _with_updated_events(TOUCH_SESSIONS, "s", 6)
 UPSERT_SESSIONS_ALL_WITH_EVENTS: Final = _with_updated_events(UPSERT_SESSIONS, "sessions", None)
 TOUCH_SESSIONS_ALL_WITH_EVENTS: Final = _with_updated_events(TOUCH_SESSIONS, "s", None)
+UPSERT_OWNED_WITH_EVENTS: Final = _with_updated_events(UPSERT_OWNED, "sessions", 21)
+UPDATE_OWNED_WITH_EVENTS: Final = _with_updated_events(UPDATE_OWNED, "s", 21)
+TOUCH_OWNED_WITH_EVENTS: Final = _with_updated_events(TOUCH_OWNED, "s", 8)
+UPSERT_OWNED_ALL_WITH_EVENTS: Final = _with_updated_events(UPSERT_OWNED, "sessions", None)
+UPDATE_OWNED_ALL_WITH_EVENTS: Final = _with_updated_events(UPDATE_OWNED, "s", None)
+TOUCH_OWNED_ALL_WITH_EVENTS: Final = _with_updated_events(TOUCH_OWNED, "s", None)
 
 
 # The events after the position ($1 xid, as text, $2 id), committed for good:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import builtins
 import os
 import socket
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 from uuid import UUID
@@ -23,12 +23,12 @@ from .._errors import InvalidArgument, SessionMoved, StoreUnavailable, WriteReje
 from .._migrations import load_migrations
 from .._model import FeedEvent, Message, Session, SessionEvent
 from .._secrets import SecretUrl
-from .._store import Acquired, Busy, ChatTaken, Joined, ListQuery, WriteBatch, dated_after
+from .._store import Acquired, Busy, ChatTaken, Joined, ListQuery, WriteBatch, dated_after, fenced_sessions
 from . import _rows as rows
 from . import _sql as sql
 
 if TYPE_CHECKING:
-    from ._bridge import Database, Statement
+    from ._bridge import Database, Script, Statement
 
 R = TypeVar("R")
 
@@ -148,13 +148,22 @@ class PostgresStore:
     async def write(self, batch: WriteBatch) -> tuple[UUID, ...]:
         """Apply one batch in one transaction (see `WriteBatch`); return the sessions fenced.
 
-        A batch with an owner first locks its stored rows in id order and
-        reads their owner and epoch (`LOCK_FOR_WRITE`), so two stores writing
-        overlapping batches lock in the same order instead of deadlocking,
-        and the fence cannot change before the commit. Then five kinds of
-        statement run, each over many rows, for the sessions not fenced: the
-        session upsert, the activity update of touched rows, the message
-        appends, and the deletes of messages and rows.
+        Five kinds of statement run, each over many rows: the session rows
+        (upserts of new sessions, updates of the others), the activity update
+        of touched rows, the message appends, and the deletes of messages and
+        rows. A batch with an owner carries the fence in its row statements
+        (`UPSERT_OWNED`, `UPDATE_OWNED`, `TOUCH_OWNED`): each writes a row
+        only where it still names the owner and the session's epoch, under
+        the row's lock, and returns the rows it wrote. The few it did not
+        write (retries, fenced rows), the sessions of messages that came
+        without their row, and the deletes are then locked and read
+        (`LOCK_FOR_WRITE`): those whose owner or epoch differ are fenced, and
+        their messages and deletes left out. Rows are sent in id order, so
+        two stores writing overlapping batches lock them in the same order.
+
+        A batch whose feed events include lifecycle ones (which must come
+        before the rows' own events) locks and reads all its rows first, then
+        writes the rest without the fence in the statements.
 
         Raises:
             WriteRejected: PostgreSQL refused the data (SQLSTATE class 22 or
@@ -176,19 +185,13 @@ class PostgresStore:
         if not len(batch):
             await trio.lowlevel.checkpoint()
             return ()
-        if batch.owner is None:
-            await db.transaction(_statements(batch))
-            return ()
         fenced: list[UUID] = []
-
-        def fence(locked: Sequence[rows.Row]) -> Iterator[Statement]:
-            fenced[:] = rows.fenced(batch, locked)
-            if not fenced:
-                return _statements(batch)
-            refused = set(fenced)
-            return _statements(batch.only(lambda session_id: session_id not in refused))
-
-        await db.locked_transaction((sql.LOCK_FOR_WRITE, (sorted(set(batch.session_ids())),)), fence)
+        if batch.owner is None:
+            await db.transaction(_unfenced(batch))
+        elif any(event.kind != "updated" for event in batch.events):
+            await db.transaction(_locked(batch, fenced))
+        else:
+            await db.transaction(_fenced(batch, fenced))
         return tuple(fenced)
 
     async def place(self, row: Session, instance: UUID, epoch: int, *, created: bool,
@@ -251,14 +254,13 @@ class PostgresStore:
         """Insert a new session unless its chat is held (with its feed event, if any); whether it was."""
         inserted: list[rows.Row] = []
 
-        def keep(found: Sequence[rows.Row]) -> Iterator[Statement]:
+        def script() -> Script:
+            found = yield sql.INSERT_NEW_SESSION, [*rows.session_columns([row]), instance, [epoch]]
             inserted.extend(found)
             if found and events:
-                return iter(((sql.INSERT_EVENTS, rows.event_columns(events)),))
-            return iter(())
+                yield sql.INSERT_EVENTS, rows.event_columns(events)
 
-        columns = [*rows.session_columns([row]), instance, [epoch]]
-        await self._connected().locked_transaction((sql.INSERT_NEW_SESSION, columns), keep)
+        await self._connected().transaction(script())
         return bool(inserted)
 
     async def list(self, query: ListQuery) -> list[Session]:
@@ -386,50 +388,119 @@ def _channel(instance: UUID) -> str:
     return f"trio_sessions_{instance.hex}"
 
 
-def _statements(batch: WriteBatch) -> Iterator[Statement]:
-    """The statements of one batch, in the same order as `MemoryStore.write`:
-    rows, then messages, then deletes.
+# The row statements, each as (no events, the events of the rows whose ids
+# are in one more array, every row's event): see `_sql._with_updated_events`.
+_UPSERT: Final = (sql.UPSERT_SESSIONS, sql.UPSERT_SESSIONS_WITH_EVENTS, sql.UPSERT_SESSIONS_ALL_WITH_EVENTS)
+_TOUCH: Final = (sql.TOUCH_SESSIONS, sql.TOUCH_SESSIONS_WITH_EVENTS, sql.TOUCH_SESSIONS_ALL_WITH_EVENTS)
+_UPSERT_OWNED: Final = (sql.UPSERT_OWNED, sql.UPSERT_OWNED_WITH_EVENTS, sql.UPSERT_OWNED_ALL_WITH_EVENTS)
+_UPDATE_OWNED: Final = (sql.UPDATE_OWNED, sql.UPDATE_OWNED_WITH_EVENTS, sql.UPDATE_OWNED_ALL_WITH_EVENTS)
+_TOUCH_OWNED: Final = (sql.TOUCH_OWNED, sql.TOUCH_OWNED_WITH_EVENTS, sql.TOUCH_OWNED_ALL_WITH_EVENTS)
+
+
+def _unfenced(batch: WriteBatch) -> Script:
+    """The statements of a batch without the fence in them, in the same order as
+    `MemoryStore.write`: feed events, rows, then messages, then deletes.
 
     Each statement takes at most `ROWS_PER_STATEMENT` rows, its arrays built
-    just before it runs (the generator is consumed between executions):
-    encoding holds the event loop (Trio's, that is), and a whole batch of
-    full rows would hold it ~15 ms (benchmarks/s5).
+    just before it runs (the script is resumed between executions): encoding
+    holds the event loop (Trio's, that is), and a whole batch of full rows
+    would hold it ~15 ms (benchmarks/s5).
     """
-    def owned_columns(sessions: Sequence[Session]) -> list[Any]:
-        epochs = batch.epochs
-        return [*rows.session_columns(sessions), batch.owner, [epochs.get(s.id, 0) for s in sessions]]
-
-    upsert, touch = sql.UPSERT_SESSIONS, sql.TOUCH_SESSIONS
-    upsert_columns: Callable[[Sequence[Session]], list[Any]] = owned_columns
-    touched_columns: Callable[[Sequence[Session]], list[Any]] = rows.touched_columns
     if batch.events:
         # Lifecycle events first: a session's "updated" event comes after them (WriteBatch).
         lifecycle = [event for event in batch.events if event.kind != "updated"]
         yield from _in_parts(sql.INSERT_EVENTS, rows.event_columns, lifecycle)
-        count = len(batch.events) - len(lifecycle)
-        if count == len(batch.sessions) + len(batch.touched):  # every row has one: no ids to send
-            upsert, touch = sql.UPSERT_SESSIONS_ALL_WITH_EVENTS, sql.TOUCH_SESSIONS_ALL_WITH_EVENTS
-        elif count:
-            updated = {event.session.id for event in batch.events if event.kind == "updated"}
-            upsert, touch = sql.UPSERT_SESSIONS_WITH_EVENTS, sql.TOUCH_SESSIONS_WITH_EVENTS
-            upsert_columns = _with_ids(owned_columns, updated)
-            touched_columns = _with_ids(rows.touched_columns, updated)
-    yield from _in_parts(upsert, upsert_columns, rows.by_id(batch.sessions))
-    yield from _in_parts(touch, touched_columns, rows.by_id(batch.touched))
+    for statement, args, _ in _row_statements(batch, ((_UPSERT, batch.sessions), (_TOUCH, batch.touched)),
+                                              fence=False):
+        yield statement, args
+    yield from _messages_and_deletes(batch)
+
+
+def _locked(batch: WriteBatch, fenced: list[UUID]) -> Script:
+    """A batch with an owner whose feed events must go first: every row locked and read, in id
+    order, before anything is written; the sessions that fail the fence go into `fenced`."""
+    every = {*batch.session_ids(), *(session_id for session_id, _ in batch.messages)}
+    locked = yield sql.LOCK_FOR_WRITE, (list(every),)
+    fenced.extend(rows.fenced(batch, locked))
+    yield from _unfenced(_without(batch, fenced))
+
+
+def _fenced(batch: WriteBatch, fenced: list[UUID]) -> Script:
+    """A batch with an owner, the fence in its row statements; the sessions that fail it go into
+    `fenced` (see `PostgresStore.write`)."""
+    created = batch.created
+    if created:
+        new = [s for s in batch.sessions if s.id in created]
+        changed: Sequence[Session] = [s for s in batch.sessions if s.id not in created]
+    else:
+        new, changed = [], batch.sessions
+    unsure: list[UUID] = []  # the sessions no statement vouched for: the fence decides under a lock
+    groups = ((_UPSERT_OWNED, new), (_UPDATE_OWNED, changed), (_TOUCH_OWNED, batch.touched))
+    for statement, args, part in _row_statements(batch, groups, fence=True):
+        found = yield statement, args
+        if len(found) < len(part):
+            written = {row[0] for row in found}
+            unsure.extend(s.id for s in part if s.id not in written)
+    if batch.messages:
+        with_rows = {*(s.id for s in batch.sessions), *(s.id for s in batch.touched)}
+        unsure.extend({session_id for session_id, _ in batch.messages if session_id not in with_rows})
+    unsure.extend(batch.deletes)
+    if unsure:
+        locked = yield sql.LOCK_FOR_WRITE, (list(set(unsure)),)
+        fenced.extend(fenced_sessions(batch, {row[0]: (row[1], row[2]) for row in locked}, unsure))
+    yield from _messages_and_deletes(_without(batch, fenced))
+
+
+def _without(batch: WriteBatch, fenced: Sequence[UUID]) -> WriteBatch:
+    if not fenced:
+        return batch
+    refused = set(fenced)
+    return batch.only(lambda session_id: session_id not in refused)
+
+
+def _row_statements(batch: WriteBatch, groups: Iterable[tuple[tuple[str, str, str], Sequence[Session]]],
+                    *, fence: bool) -> Iterator[tuple[str, list[Any], Sequence[Session]]]:
+    """The statements of the batch's rows, each with its arguments and its rows (in id order).
+
+    `groups`: the statements (without events, with some, with all; see
+    `_UPSERT`) of each kind of row, and the rows of that kind. Full rows carry
+    the owner and their epochs (the insert of a new row stores them); with
+    `fence` touched rows do too.
+    """
+    owner, epochs = batch.owner, batch.epochs
+
+    def full(sessions: Sequence[Session]) -> list[Any]:
+        return [*rows.session_columns(sessions), owner, [epochs.get(s.id, 0) for s in sessions]]
+
+    def touched(sessions: Sequence[Session]) -> list[Any]:
+        if not fence:
+            return rows.touched_columns(sessions)
+        return [*rows.touched_columns(sessions), owner, [epochs.get(s.id, 0) for s in sessions]]
+
+    variant, updated = 0, set()
+    count = sum(1 for event in batch.events if event.kind == "updated")
+    if count and count == len(batch.sessions) + len(batch.touched):  # every row has one: no ids to send
+        variant = 2
+    elif count:
+        variant = 1
+        updated = {event.session.id for event in batch.events if event.kind == "updated"}
+    for statements, sessions in groups:
+        columns = touched if statements in (_TOUCH, _TOUCH_OWNED) else full
+        ordered = rows.by_id(sessions)
+        for start in range(0, len(ordered), ROWS_PER_STATEMENT):
+            part = ordered[start:start + ROWS_PER_STATEMENT]
+            args = columns(part)
+            if variant == 1:
+                args.append([s.id for s in part if s.id in updated])
+            yield statements[variant], args, part
+
+
+def _messages_and_deletes(batch: WriteBatch) -> Iterator[Statement]:
     yield from _in_parts(sql.INSERT_MESSAGES, rows.message_columns, batch.messages)
     if batch.deletes:
         deletes = sorted(batch.deletes)
         yield sql.DELETE_MESSAGES, (deletes,)
         yield sql.DELETE_SESSIONS, (deletes,)
-
-
-def _with_ids(columns: Callable[[Sequence[Session]], list[Any]], updated: set[UUID],
-              ) -> Callable[[Sequence[Session]], list[Any]]:
-    """`columns`, and the array of the ids among the rows that have an "updated" event."""
-    def with_ids(sessions: Sequence[Session]) -> list[Any]:
-        return [*columns(sessions), [s.id for s in sessions if s.id in updated]]
-
-    return with_ids
 
 
 def _in_parts(statement: str, columns: Callable[[Sequence[R]], list[Sequence[Any]]], items: Sequence[R]

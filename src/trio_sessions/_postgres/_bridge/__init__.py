@@ -7,6 +7,7 @@ package imports it only when a store connects.
 """
 
 from ._calls import Database as Database
+from ._calls import Script as Script
 from ._calls import Statement as Statement
 from ._calls import execute_once as execute_once
 from ._calls import fetchval_once as fetchval_once
@@ -16,6 +17,6 @@ from ._errors import store_errors as store_errors
 from ._errors import violated_constraint as violated_constraint
 
 __all__ = [
-    "Database", "Statement", "execute_once", "fetchval_once", "migrate", "open_database", "store_errors",
-    "violated_constraint",
+    "Database", "Script", "Statement", "execute_once", "fetchval_once", "migrate", "open_database",
+    "store_errors", "violated_constraint",
 ]

@@ -18,7 +18,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final, TypeAlias, TypeVar
 
@@ -44,6 +44,9 @@ T = TypeVar("T")
 
 #: One statement of a transaction and its arguments.
 Statement: TypeAlias = tuple[str, Sequence[Any]]
+#: The statements of one transaction, told each one's rows: a generator that
+#: yields a statement and is sent its rows (see `Database.transaction`).
+Script: TypeAlias = Generator[Statement, "list[asyncpg.Record]", None]
 
 #: Seconds a pool may take to close on exit before its connections are dropped.
 #: After the runtime has stopped no connection is in use, so closing takes
@@ -83,11 +86,13 @@ class Database:
         with store_errors(url=self._url):
             return await _run(self._loop, _aio_fetchrow, self._pool, statement, *args)
 
-    async def transaction(self, statements: Iterable[Statement]) -> None:
-        """Run `statements` in order in one transaction, on one pooled connection.
+    async def transaction(self, script: Script) -> None:
+        """Run the statements `script` yields, in order, in one transaction, on one pooled connection.
 
-        `statements` is consumed lazily, between executions, so a caller can
-        build each statement's arguments just before it runs.
+        `script` is a generator: each statement it yields runs before it is
+        resumed, and is sent the statement's rows (empty for one that returns
+        none), so that it can choose what runs next, and build each
+        statement's arguments just before it runs.
 
         Raises:
             WriteRejected: PostgreSQL refused the data (SQLSTATE class 22 or
@@ -95,16 +100,7 @@ class Database:
             StoreUnavailable: a transient failure; the transaction may be retried.
         """
         with store_errors(rejectable=True, url=self._url):
-            await _run(self._loop, _aio_transaction, self._pool, statements)
-
-    async def locked_transaction(self, lock: Statement,
-                                 then: Callable[[list[asyncpg.Record]], Iterable[Statement]]) -> None:
-        """In one transaction: fetch `lock`'s rows, then run the statements `then(rows)` gives.
-
-        Raises as `transaction`.
-        """
-        with store_errors(rejectable=True, url=self._url):
-            await _run(self._loop, _aio_locked_transaction, self._pool, lock, then)
+            await _run(self._loop, _aio_transaction, self._pool, script)
 
     async def health_check(self) -> None:
         """Return when PostgreSQL answers `SELECT 1`; raise `StoreUnavailable` on any failure."""
@@ -373,18 +369,19 @@ async def _aio_fetchrow(pool: Pool, statement: str, *args: object) -> asyncpg.Re
     return await pool.fetchrow(statement, *args)
 
 
-async def _aio_transaction(pool: Pool, statements: Iterable[Statement]) -> None:
+async def _aio_transaction(pool: Pool, script: Script) -> None:
     async with pool.acquire() as connection, connection.transaction():
-        for statement, args in statements:
-            await connection.execute(statement, *args)
+        statement = _resume(script, None)
+        while statement is not None:
+            statement = _resume(script, await connection.fetch(statement[0], *statement[1]))
 
 
-async def _aio_locked_transaction(pool: Pool, lock: Statement,
-                                  then: Callable[[list[asyncpg.Record]], Iterable[Statement]]) -> None:
-    async with pool.acquire() as connection, connection.transaction():
-        locked = await connection.fetch(lock[0], *lock[1])
-        for statement, args in then(locked):
-            await connection.execute(statement, *args)
+def _resume(script: Script, found: list[asyncpg.Record] | None) -> Statement | None:
+    """The script's next statement, `found` being the rows of the one before (None at the start)."""
+    try:
+        return next(script) if found is None else script.send(found)
+    except StopIteration:
+        return None
 
 
 async def _aio_terminate(pool: Pool) -> None:  # noqa: ASYNC910  runs on the asyncio side
