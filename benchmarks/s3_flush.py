@@ -14,8 +14,8 @@ version, four ways, on the same database (variants alternate):
   its flusher writing batches through `PostgresStore.write`, until
   `WriteBehind.flush()` returns: the whole path from an actor's change to
   its commit, fence included (the batch carries its owner and epochs, so
-  the store locks the rows and checks them first, as in the runtime: the
-  sessions are claimed for one instance before the rounds start).
+  the store's statements check them, as in the runtime: the sessions are
+  claimed for one instance before the rounds start).
 
 - write-behind + feed: the same with the durable event feed on
   (`event_feed=True`): every row also writes its "updated" event in the

@@ -51,6 +51,8 @@ from ._model import EventKind, FeedKind, Message, Session
 from ._store import chat_key
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from ._chats import Chats
     from ._clock import Clock
     from ._config import RuntimeConfig
@@ -83,10 +85,16 @@ class ActorHost(Protocol):
 
 
 class Owner(Protocol):
-    """What an actor needs from `_ownership`: to read its session as its owner, and the lease."""
+    """What an actor needs from `_ownership`: to read its session as its owner, and the lease.
 
-    def valid(self, now: float) -> bool: ...
-    def owns(self, session_id: UUID) -> bool: ...
+    `valid_until`: the Trio time the lease holds until; `owned`: the
+    sessions owned, each with its epoch (read directly on every call).
+    """
+
+    @property
+    def valid_until(self) -> float: ...
+    @property
+    def owned(self) -> Mapping[UUID, int]: ...
     async def load(self, session_id: UUID, *, messages: int) -> Loaded | None: ...
 
 
@@ -194,10 +202,11 @@ class SessionActor:
         if self._deleted:
             raise SessionNotFound(self.id)
         ownership = self._host.ownership
-        if not ownership.valid(now):
+        # valid() and owns() inlined: this runs on every call.
+        if now >= ownership.valid_until:
             raise StoreUnavailable("this runtime's lease in the store lapsed (it was paused, or cut off "
                                    "from the store, for longer than lease_duration): retry the call")
-        if not ownership.owns(self.id):
+        if self.id not in ownership.owned:
             # Loaded under an identity the runtime has since given up (it
             # rejoined meanwhile): a retry activates the session afresh.
             self._host.retire(self)

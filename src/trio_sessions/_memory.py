@@ -112,9 +112,11 @@ class MemoryStore:
                 if (stored := self._sessions.get(session.id)) is None or stored.version < session.version]
         self._check_chats(rows, batch.deletes)
         if batch.owner is not None:
+            owned = (batch.owner, 1)  # the common pair, one tuple for the batch's new sessions
             for session in rows:
                 if session.id in batch.created and session.id not in self._sessions:
-                    self._owners[session.id] = (batch.owner, batch.epochs.get(session.id, 1))
+                    epoch = batch.epochs.get(session.id, 1)
+                    self._owners[session.id] = owned if epoch == 1 else (batch.owner, epoch)
         chats = self._chats
         for session in rows:
             stored = self._sessions.get(session.id)

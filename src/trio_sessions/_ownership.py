@@ -276,9 +276,6 @@ class Ownership:
 
     # ------------------------------------------------------------ acquisition
 
-    def owns(self, session_id: UUID) -> bool:
-        return session_id in self.owned
-
     def created(self, session_id: UUID) -> None:
         self.owned[session_id] = 1
 

@@ -279,23 +279,24 @@ class Supervisor:
         """
         self.check_open()
         actor = self._actors.get(session_id)
-        if (actor is not None and actor.idle() and not command.through
-                and self.ownership.valid(trio.current_time())):
+        if actor is not None and actor.idle() and not command.through:
             # Fast path: nothing is queued for this session, so the caller may
             # apply its command itself (SessionActor.apply), sparing two task
-            # switches and the mailbox. It re-checks after its checkpoint.
+            # switches and the mailbox. It checks after its checkpoint; the
+            # lease once, there (a lapsed one sends it the slow way, to wait).
             await trio.lowlevel.checkpoint()
             self.check_open()
             # Still idle means still resident: an actor leaves `_actors` only
             # by retiring, and a session has one actor that has not retired.
-            if (actor.idle() and (not command.mutating or self.writebehind.has_room())
-                    and self.ownership.valid(trio.current_time())):
-                self._actors.move_to_end(session_id)
-                actor.last_used = now = trio.current_time()
-                value, waiter = actor.apply(command, now)
-                if waiter is not None:
-                    await waiter.wait()
-                return value
+            if actor.idle() and (not command.mutating or self.writebehind.has_room()):
+                now = trio.current_time()
+                if self.ownership.valid(now):
+                    self._actors.move_to_end(session_id)
+                    actor.last_used = now
+                    value, waiter = actor.apply(command, now)
+                    if waiter is not None:
+                        await waiter.wait()
+                    return value
         reply = Reply[T]()
         timeout = self.config.call_timeout
         # No checkpoint before the delivery while the lease holds: calls queue
