@@ -8,6 +8,8 @@ test_processes.py.
 
 from __future__ import annotations
 
+from uuid import UUID
+
 import pytest
 import trio
 from trio.testing import MockClock
@@ -100,6 +102,70 @@ async def test_graceful_close_frees_its_sessions_at_once(autojump_clock: MockClo
         assert trio.current_time() - start < 0.01
         assert found.state == "waiting"
         assert b.metrics().handoffs_requested == 0
+
+
+class GrantAnswerLost(MemoryStore):
+    """A MemoryStore whose first grant commits and then reports the connection lost (08007)."""
+
+    lost = 0
+
+    async def grant(self, session_id: UUID, instance: UUID, epoch: int, to: UUID) -> bool:
+        granted = await super().grant(session_id, instance, epoch, to)
+        if not self.lost:
+            self.lost += 1
+            raise StoreUnavailable("connection lost during COMMIT: the outcome is unknown (injected)")
+        return granted
+
+
+class GrantRefused(MemoryStore):
+    """A MemoryStore whose first `failures` grants fail before reaching the data."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    async def grant(self, session_id: UUID, instance: UUID, epoch: int, to: UUID) -> bool:
+        if self.failures:
+            self.failures -= 1
+            await trio.lowlevel.checkpoint()
+            raise StoreUnavailable("connection refused (injected)")
+        return await super().grant(session_id, instance, epoch, to)
+
+
+async def test_a_grant_whose_answer_was_lost_acknowledges_nothing_under_its_epoch(
+        autojump_clock: MockClock) -> None:
+    """The old owner must not take the session back from its own memory: the store decides."""
+    store = GrantAnswerLost()
+    async with open_runtime(CONFIG, store=store) as a, open_runtime(CONFIG, store=store) as b:
+        session = await a.create("u", "geral", durable=True)
+        await a.append_message(session.id, "user", "a1")
+        await b.append_message(session.id, "user", "b1")  # a's grant commits; its answer is lost
+        assert store.lost == 1 and await owned_by(store, session.id) == b._sup.ownership.instance
+        await a.append_message(session.id, "user", "a2")  # handed back by b, not written over b's
+        await b.append_message(session.id, "user", "b2")
+        await a.flush()
+        await b.flush()
+        assert a.metrics().fenced_sessions == b.metrics().fenced_sessions == 0
+    stored = await store.load(session.id, messages=10)
+    assert stored is not None
+    assert [m.content for m in stored[1]] == ["a1", "b1", "a2", "b2"]
+
+
+async def test_an_owner_whose_grant_failed_hands_the_session_over_when_asked_again(
+        autojump_clock: MockClock) -> None:
+    """Every try of the grant failed: the owner forgot the session, but the store still names it."""
+    store = GrantRefused(CONFIG.read_attempts)
+    async with open_runtime(CONFIG, store=store) as a, open_runtime(CONFIG, store=store) as b:
+        session = await a.create("u", "geral", durable=True)
+        await a.append_message(session.id, "user", "a1")
+        await b.append_message(session.id, "user", "b1")  # asked again at b's next poll
+        assert store.failures == 0 and await owned_by(store, session.id) == b._sup.ownership.instance
+        await a.append_message(session.id, "user", "a2")
+        await b.flush()
+        await a.flush()
+    stored = await store.load(session.id, messages=10)
+    assert stored is not None
+    assert [m.content for m in stored[1]] == ["a1", "b1", "a2"]
 
 
 async def test_a_crashed_owner_is_outlived(autojump_clock: MockClock) -> None:

@@ -45,7 +45,8 @@ def test_a_frozen_or_crashed_runtime_loses_no_durable_write(data: DataObject, sc
                                                            outage: tuple[float, float], seed: int) -> None:
     start, length = outage
     store = MemoryStore()
-    cut = FaultyStore(store, seed=seed, failure_rate=0.05, outages=[(start, start + length)])
+    cut = FaultyStore(store, seed=seed, failure_rate=0.05, unknown_commit_rate=0.05,
+                      outages=[(start, start + length)])
     acked: list[tuple[UUID, int, str, bool]] = []
     deleted: set[UUID] = set()  # (their messages go with them)
 

@@ -364,21 +364,36 @@ class Ownership:
         hold = Hold()
         instance = self.instance
         try:
-            if session_id not in self.owned:
-                await self._store.drop_handoff(session_id, instance)
-                return
             async with host.turns.hold(session_id):  # a turn held here ends first
                 await host.stop_session(session_id, hold)
                 await host.writebehind.flush()
-                epoch = self.owned.get(session_id)
-                if epoch is None or instance != self.instance:  # fenced, or rejoined, meanwhile
+                if instance != self.instance:  # rejoined meanwhile
                     return
-                if await self._store.grant(session_id, instance, epoch, requester):
+                epoch = self.owned.get(session_id)
+                if epoch is None:
+                    # Not ours here, but the store may still say it is: a
+                    # grant whose answer was lost (below). It decides, and
+                    # the session, held, gets no actor meanwhile.
+                    found = await self._retry.read(self._store.acquire, session_id, instance, messages=0)
+                    if not isinstance(found, Acquired):
+                        await self._store.drop_handoff(session_id, instance)
+                        return
+                    epoch = found.epoch
+                # A retry after a grant that committed unanswered finds the
+                # session no longer ours and answers False: granted either way.
+                try:
+                    store = self._store
+                    granted = await self._retry.read(store.grant, session_id, instance, epoch, requester)
+                finally:
+                    # Granted, refused, or (StoreUnavailable) perhaps granted:
+                    # nothing more is acknowledged here under this epoch. A
+                    # call here acquires the session again, and finds it still
+                    # ours if the grant did not commit; the requester asks
+                    # again, and the branch above hands it over.
                     self.owned.pop(session_id, None)
+                if granted:
                     host.deadlines.discard(session_id)
                     self._counters.handoffs_granted += 1
-                else:
-                    self.owned.pop(session_id, None)
         except StoreUnavailable as exc:
             logger.warning("could not hand session {} over (will be asked again): {}", session_id, exc)
         finally:

@@ -65,7 +65,8 @@ class FaultStatistics:
     #: Calls that raised an injected `StoreUnavailable` without reaching the inner store
     #: (an outage or a `failure_rate` failure).
     failures: int
-    #: Writes that the inner store applied and that then raised `StoreUnavailable` (08007).
+    #: Changes (writes, places, acquisitions, claims, grants) that the inner store applied and
+    #: that then raised `StoreUnavailable` (08007).
     unknown_commits: int
 
 
@@ -84,9 +85,11 @@ class FaultyStore:
     2. else, with probability `failure_rate`, raises `StoreUnavailable` naming
        one of the transient errors PostgreSQL raises (`TRANSIENT_FAULTS`); the
        inner store is not called, so nothing was applied;
-    3. else calls the inner store; for `write` and `place` only, with probability
-       `unknown_commit_rate`, the inner write is applied and *then*
-       `StoreUnavailable` (08007, transaction_resolution_unknown) is raised.
+    3. else calls the inner store; for the calls that change data or
+       ownership (`write`, `place`, `acquire`, `claim`, `grant`), with
+       probability `unknown_commit_rate`, the inner call is applied and
+       *then* `StoreUnavailable` (08007, transaction_resolution_unknown) is
+       raised.
 
     `connect()` is the inner store's, except that entering it during an
     outage raises `StoreUnavailable`; it draws nothing from the generator.
@@ -102,8 +105,8 @@ class FaultyStore:
         outages: `(start, end)` windows in Trio time (`trio.current_time()`,
             so virtual under `MockClock`): a call arriving at `start <= t < end`
             fails. `end` may be `math.inf`.
-        unknown_commit_rate: probability, 0 to 1, that a write which reached
-            the inner store reports failure anyway.
+        unknown_commit_rate: probability, 0 to 1, that a change (see 3.)
+            which reached the inner store reports failure anyway.
 
     Raises:
         InvalidArgument: naming the bad argument.
@@ -212,12 +215,16 @@ class FaultyStore:
         await self.inner.leave(instance)
 
     async def acquire(self, session_id: UUID, instance: UUID, *, messages: int) -> Acquired | Busy | None:
-        await self._arrive()
-        return await self.inner.acquire(session_id, instance, messages=messages)
+        unknown = await self._arrive()
+        found = await self.inner.acquire(session_id, instance, messages=messages)
+        self._maybe_unknown(unknown)
+        return found
 
     async def claim(self, session_ids: Sequence[UUID], instance: UUID) -> dict[UUID, tuple[Session, int]]:
-        await self._arrive()
-        return await self.inner.claim(session_ids, instance)
+        unknown = await self._arrive()
+        claimed = await self.inner.claim(session_ids, instance)
+        self._maybe_unknown(unknown)
+        return claimed
 
     async def free_deadlines(self, before: float | None = None) -> list[tuple[UUID, float]]:
         await self._arrive()
@@ -232,8 +239,10 @@ class FaultyStore:
         return await self.inner.handoff_requests(instance)
 
     async def grant(self, session_id: UUID, instance: UUID, epoch: int, to: UUID) -> bool:
-        await self._arrive()
-        return await self.inner.grant(session_id, instance, epoch, to)
+        unknown = await self._arrive()
+        granted = await self.inner.grant(session_id, instance, epoch, to)
+        self._maybe_unknown(unknown)
+        return granted
 
     async def drop_handoff(self, session_id: UUID, instance: UUID) -> None:
         await self._arrive()
@@ -262,10 +271,16 @@ class FaultyStore:
 
     # ------------------------------------------------------------------ faults
 
+    def _maybe_unknown(self, roll: float) -> None:
+        """After a change was applied: report it failed, if `roll` says so."""
+        if roll < self._unknown_commit_rate:
+            self.unknown_commits += 1
+            raise _unknown_commit()
+
     async def _arrive(self) -> float:
         """Draw this call's plan, sleep its latency, then fail it or let it through.
 
-        Returns the call's unknown-commit roll (only `write` uses it). The
+        Returns the call's unknown-commit roll (only the changes use it). The
         draws happen before the first checkpoint, so they follow call order.
         """
         self.calls += 1
