@@ -184,18 +184,14 @@ class FaultyStore:
     async def write(self, batch: WriteBatch) -> tuple[UUID, ...]:
         unknown = await self._arrive()
         fenced = await self.inner.write(batch)
-        if unknown < self._unknown_commit_rate:
-            self.unknown_commits += 1
-            raise _unknown_commit()
+        self._maybe_unknown(unknown)
         return fenced
 
     async def place(self, row: Session, instance: UUID, epoch: int, *, created: bool,
                     event: bool = False) -> Session | UUID:
         unknown = await self._arrive()
         placed = await self.inner.place(row, instance, epoch, created=created, event=event)
-        if unknown < self._unknown_commit_rate:
-            self.unknown_commits += 1
-            raise _unknown_commit()
+        self._maybe_unknown(unknown)
         return placed
 
     async def register(self, instance: UUID, lease: float) -> Joined:
