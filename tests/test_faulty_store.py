@@ -30,7 +30,7 @@ from trio_sessions import (
     StoreUnavailable,
     open_runtime,
 )
-from trio_sessions._store import ListQuery, WriteBatch
+from trio_sessions._store import Acquired, Busy, ListQuery, WriteBatch
 from trio_sessions.testing import FaultStatistics, FaultyStore
 from trio_sessions.testing._faulty import TRANSIENT_FAULTS
 
@@ -212,11 +212,32 @@ async def test_an_unknown_commit_is_committed_and_raises(autojump_clock: MockClo
     assert store.statistics() == FaultStatistics(calls=4, failures=0, unknown_commits=4)
 
 
-async def test_unknown_commits_are_for_writes_only(autojump_clock: MockClock) -> None:  # noqa: ASYNC910  every call in the loop checkpoints
+async def test_unknown_commits_are_for_changes_only(autojump_clock: MockClock) -> None:  # noqa: ASYNC910  every call in the loop checkpoints
     store = FaultyStore(MemoryStore(), unknown_commit_rate=1.0)
     for call in _every_call(store)[:-1]:  # all but the write
         assert await _outcome(call) == "ok"
     assert store.unknown_commits == 0
+
+
+async def test_changes_of_ownership_may_commit_unanswered(autojump_clock: MockClock) -> None:
+    inner = MemoryStore()
+    store = FaultyStore(inner, unknown_commit_rate=1.0)
+    a, b = uuid4(), uuid4()
+    for instance in (a, b):
+        await inner.register(instance, 60.0)
+    taken, claimed = _session(), _session()
+    await inner.write(WriteBatch((taken, claimed), (), ()))  # stored with no owner: free
+    with pytest.raises(StoreUnavailable, match="08007"):
+        await store.acquire(taken.id, a, messages=0)
+    found = await inner.acquire(taken.id, a, messages=0)  # taken all the same: a's, under epoch 1
+    assert isinstance(found, Acquired) and found.epoch == 1
+    with pytest.raises(StoreUnavailable, match="08007"):
+        await store.grant(taken.id, a, 1, b)
+    assert await inner.acquire(taken.id, a, messages=0) == Busy(b)  # granted all the same
+    with pytest.raises(StoreUnavailable, match="08007"):
+        await store.claim([claimed.id], a)
+    assert await inner.claim([claimed.id], a) == {claimed.id: (claimed, 1)}  # a's already
+    assert store.unknown_commits == 3
 
 
 async def test_a_failure_before_the_commit_wins_over_an_unknown_commit(autojump_clock: MockClock) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Protocol
 from uuid import UUID
@@ -142,9 +142,10 @@ def event_from_row(row: Row) -> FeedEvent:
                      row[9], row[10], row[11])
 
 
-def fenced(batch: WriteBatch, locked: Sequence[Row]) -> list[UUID]:
-    """The sessions of `batch` that fail the fence, given its locked `(id, owner, owner_epoch)` rows."""
-    return fenced_sessions(batch, {row[0]: (row[1], row[2]) for row in locked})
+def fenced(batch: WriteBatch, locked: Sequence[Row], among: Iterable[UUID] | None = None) -> list[UUID]:
+    """The sessions of `batch` (`among` them; see `fenced_sessions`) that fail the fence, given
+    its locked `(id, owner, owner_epoch)` rows."""
+    return fenced_sessions(batch, {row[0]: (row[1], row[2]) for row in locked}, among)
 
 
 def session_from_row(row: Row) -> Session:
