@@ -107,8 +107,16 @@ class ExpiryEngine:
                             and host.ownership.valid(trio.current_time())):
                         # Nothing queued for it: expire it here, as a caller's
                         # fast path would (no mailbox, no task switch, no reply).
-                        actor.apply(Expire(deadline), host.clock.now())
-                        continue
+                        try:
+                            actor.apply(Expire(deadline), host.clock.now())
+                            continue
+                        except SessionNotFound:
+                            continue  # deleted meanwhile: nothing to expire
+                        except StoreUnavailable:
+                            # Loaded under an identity the runtime has given up
+                            # since (SessionActor._admit retired it): the slow
+                            # way below activates it afresh, as a caller's retry.
+                            pass
                     # Not awaited (one slow session must not hold up the rest), but
                     # tracked until the actor has answered, for cleanup().
                     self._expiring[session_id] = deadline
